@@ -1,0 +1,165 @@
+"""The values that travel along the pipeline: classes, decisions and recipient states.
+
+Envelope and per-recipient state are what the spool stores (as versioned JSON); a
+Decision is what the classifier says about one address.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+class RecipientClass(enum.StrEnum):
+    """How a recipient of tagged mail can be reached safely (CONTRACT "Classes")."""
+
+    INTERNAL = "internal"
+    TUNNEL = "tunnel"
+    SMIME = "smime"
+    UNSAFE = "unsafe"
+    UNKNOWN = "unknown"
+    PLAIN = "plain"  # untagged mail: not classified, relayed unchanged
+
+    @property
+    def safe(self) -> bool:
+        return self in (RecipientClass.INTERNAL, RecipientClass.TUNNEL, RecipientClass.SMIME)
+
+    @property
+    def colour(self) -> str:
+        return _COLOURS[self]
+
+    @property
+    def label(self) -> str:
+        return _LABELS[self]
+
+
+_COLOURS = {
+    RecipientClass.INTERNAL: "turkis",
+    RecipientClass.TUNNEL: "grøn",
+    RecipientClass.SMIME: "grøn",
+    RecipientClass.UNSAFE: "rød",
+    RecipientClass.UNKNOWN: "grå",
+    RecipientClass.PLAIN: "",
+}
+_LABELS = {
+    RecipientClass.INTERNAL: "Intern adresse",
+    RecipientClass.TUNNEL: "Tunnelkryptering",
+    RecipientClass.SMIME: "Signeret og krypteret",
+    RecipientClass.UNSAFE: "Sikker mail er ikke mulig",
+    RecipientClass.UNKNOWN: "Kan ikke afgøres lige nu",
+    RecipientClass.PLAIN: "",
+}
+
+
+@dataclass(frozen=True)
+class CertificateInfo:
+    """What `check` shows about the certificate chosen for a recipient."""
+
+    subject: str
+    serial: str
+    not_after: str  # ISO 8601, UTC
+
+    def describe(self) -> str:
+        return f"{self.subject}, serial {self.serial}, expires {self.not_after[:10]}"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The classifier's answer for one address; the same for daemon, CLI and API."""
+
+    address: str
+    cls: RecipientClass
+    reason: str
+    certificate: CertificateInfo | None = None
+    # The chosen recipient certificate (DER) for `smime`; not part of the JSON answer.
+    certificate_der: bytes | None = field(default=None, repr=False, compare=False)
+
+    def as_json(self) -> dict[str, Any]:
+        result: dict[str, Any] = {
+            "address": self.address,
+            "class": str(self.cls),
+            "safe": self.cls.safe,
+            "colour": self.cls.colour,
+            "label": self.cls.label,
+            "reason": self.reason,
+        }
+        if self.certificate:
+            result["certificate"] = asdict(self.certificate)
+        return result
+
+
+class State(enum.StrEnum):
+    """Where one recipient of a queued message stands (CONTRACT `queue list`)."""
+
+    QUEUED = "queued"
+    DEFERRED = "deferred"
+    DELIVERED = "delivered"
+    BOUNCED = "bounced"
+
+    @property
+    def final(self) -> bool:
+        return self in (State.DELIVERED, State.BOUNCED)
+
+
+@dataclass
+class RecipientState:
+    """One recipient's record in the spool."""
+
+    address: str
+    state: State = State.QUEUED
+    cls: str = ""
+    attempts: int = 0
+    next_attempt: float = 0.0
+    last_error: str = ""
+    status: str = ""  # enhanced status of the final outcome, for the DSN
+    diagnostic: str = ""  # the remote reply or our reason, for Diagnostic-Code
+    notify: tuple[str, ...] = ()  # RFC 3461 NOTIFY; empty: the default (FAILURE, DELAY)
+    orcpt: str = ""  # RFC 3461 ORCPT, "rfc822;addr" as received
+    delay_warned: bool = False
+
+    def wants(self, kind: str) -> bool:
+        """Whether the sender asked for a DSN of this kind (FAILURE, DELAY, SUCCESS)."""
+        if not self.notify:
+            return kind in ("FAILURE", "DELAY")
+        return kind in self.notify
+
+
+@dataclass
+class Envelope:
+    """One spooled message's envelope and per-recipient state."""
+
+    id: str
+    sender: str  # "" for the null sender of a DSN
+    recipients: list[RecipientState]
+    received: float
+    client: str = ""
+    helo: str = ""
+    ret: str = ""  # RFC 3461 RET: FULL or HDRS
+    envid: str = ""  # RFC 3461 ENVID
+    smtputf8: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return all(r.state.final for r in self.recipients)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["version"] = 1
+        for r in data["recipients"]:
+            r["state"] = str(r["state"])
+            r["notify"] = list(r["notify"])
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Envelope:
+        if data.get("version") != 1:
+            raise ValueError(f"unknown spool record version {data.get('version')!r}")
+        data = dict(data)
+        data.pop("version")
+        recipients = [
+            RecipientState(**{**r, "state": State(r["state"]), "notify": tuple(r["notify"])})
+            for r in data.pop("recipients")
+        ]
+        return cls(recipients=recipients, **data)

@@ -1,0 +1,67 @@
+"""Every Prometheus metric of the gateway, declared once, named as CONTRACT says.
+
+Operators build dashboards on these names; modules import the objects from here and
+update them where the events happen.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+messages_received = Counter(
+    "sendsikkert_messages_received_total",
+    "Messages accepted over SMTP and spooled, by whether they were tagged for secure sending.",
+    ["tagged"],
+)
+recipients = Counter(
+    "sendsikkert_recipients_total",
+    "Recipient outcomes by class (plain for untagged mail) and outcome.",
+    ["class", "outcome"],
+)
+dsn_sent = Counter(
+    "sendsikkert_dsn_sent_total",
+    "Delivery status notifications generated, by action.",
+    ["action"],
+)
+queue_messages = Gauge("sendsikkert_queue_messages", "Messages in the spool.")
+queue_oldest_age = Gauge(
+    "sendsikkert_queue_oldest_age_seconds", "Age of the oldest message in the spool."
+)
+delivery_seconds = Histogram(
+    "sendsikkert_delivery_seconds",
+    "Time for one delivery transaction to the next hop, by route kind.",
+    ["route"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+directory_lookup_seconds = Histogram(
+    "sendsikkert_directory_lookup_seconds",
+    "Time for one certificate directory lookup (cache misses only).",
+    ["backend"],
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+directory_errors = Counter(
+    "sendsikkert_directory_errors_total",
+    "Certificate directory lookups that failed (the recipient's class became unknown).",
+    ["backend"],
+)
+tls_failures = Counter(
+    "sendsikkert_tls_failures_total",
+    "Deliveries refused because TLS could not be had or verified, by route kind.",
+    ["route"],
+)
+sepo_domains = Gauge("sendsikkert_sepo_domains", "Domains on the loaded SEPO member list.")
+department_cert_expiry = Gauge(
+    "sendsikkert_department_cert_expiry_timestamp_seconds",
+    "Expiry (notAfter, Unix time) of each department's signing certificate.",
+    ["department"],
+)
+smtp_rejections = Counter(
+    "sendsikkert_smtp_rejections_total",
+    "SMTP commands refused at the edge, by reason.",
+    ["reason"],
+)
+spool_write_seconds = Histogram(
+    "sendsikkert_spool_write_seconds",
+    "Time to make one accepted message durable (write, fsync, rename, fsync folder).",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)

@@ -1,0 +1,1 @@
+"""Policy: which mail is tagged, for which department, and how each recipient can be reached."""
