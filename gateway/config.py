@@ -84,6 +84,7 @@ class RoutesConfig:
     internal: str
     default: str
     transport: dict[str, str] = field(default_factory=dict)
+    mx_port: int = 25  # like Postfix smtp_tcp_port: the port `mx` routes connect to
 
 
 @dataclass(frozen=True)
@@ -375,8 +376,11 @@ def _routes(r: _Reader) -> RoutesConfig:
     for domain in list(t.table):
         transport[domain.lower()] = check_route(t, domain, t.get(domain, str))
     t.finish()
+    mx_port = r.get("mx_port", int, 25)
+    if not 0 < mx_port < 65536:
+        raise r.error("mx_port", "must be a port number")
     r.finish()
-    return RoutesConfig(internal, default, transport)
+    return RoutesConfig(internal, default, transport, mx_port)
 
 
 def _dns(r: _Reader) -> DnsConfig:

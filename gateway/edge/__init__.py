@@ -1,0 +1,1 @@
+"""The edge: receiving mail over SMTP from Exchange/Outlook and handing it to the spool."""

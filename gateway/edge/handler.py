@@ -1,0 +1,110 @@
+"""The aiosmtpd handler: relay check at RCPT, and DATA that does nothing but spool.
+
+Hooks stay thin and never deliver (ARCHITECTURE rule 7): DATA refuses bare CR or LF
+(SMTP smuggling), writes the message durably, answers 250 only after the fsync and then
+tells the scheduler. A failed write answers 451 4.3.0 and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import time
+from collections.abc import Callable, Sequence
+
+from aiosmtpd.smtp import Envelope as SmtpEnvelope
+from aiosmtpd.smtp import Session
+
+from gateway import rawmail
+from gateway.config import TagsConfig
+from gateway.edge.protocol import GatewaySMTP
+from gateway.model import Envelope, RecipientState
+from gateway.observe import metrics
+from gateway.policy.address import InvalidAddress, normalise
+from gateway.policy.tags import read_tags
+from gateway.spool.store import Spool, SpoolError, new_id
+
+log = logging.getLogger(__name__)
+
+_BARE_CR_OR_LF = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+
+RELAY_DENIED = "554 5.7.1 Relaying denied: this client may not send through this gateway"
+BAD_ADDRESS = "553 5.1.3 Recipient address is not a valid mailbox"
+BARE_LINE_ENDING = "554 5.6.0 Message refused: bare CR or LF in the data (RFC 5321 2.3.8)"
+SPOOL_FAILED = "451 4.3.0 Message not accepted: the queue cannot be written, try again later"
+
+
+class Handler:
+    """Receives messages for the gateway; one instance serves every listener."""
+
+    def __init__(self, spool: Spool, relay_networks: Sequence[ipaddress._BaseNetwork],
+                 tags: TagsConfig, on_accepted: Callable[[Envelope], None]) -> None:
+        self.spool = spool
+        self.relay_networks = tuple(relay_networks)
+        self.tags = tags
+        self.on_accepted = on_accepted
+
+    def may_relay(self, peer: object) -> bool:
+        try:
+            host = peer[0] if isinstance(peer, tuple) else str(peer)
+            ip = ipaddress.ip_address(host.split("%")[0])
+        except (ValueError, TypeError, IndexError):
+            return False
+        if ip.version == 6 and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        return any(ip in net for net in self.relay_networks)
+
+    async def handle_RCPT(self, server: GatewaySMTP, session: Session,
+                          envelope: SmtpEnvelope, address: str,
+                          rcpt_options: list[str]) -> str:
+        if not self.may_relay(session.peer):
+            metrics.smtp_rejections.labels(reason="relay_denied").inc()
+            log.warning("relay denied for %s (client %s)", address, session.peer)
+            return RELAY_DENIED
+        try:
+            address = normalise(address)
+        except InvalidAddress:
+            metrics.smtp_rejections.labels(reason="bad_address").inc()
+            return BAD_ADDRESS
+        if address not in envelope.rcpt_tos:
+            envelope.rcpt_tos.append(address)
+            server.dsn.rcpt[address] = server.pending_rcpt
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 Recipient ok"
+
+    async def handle_DATA(self, server: GatewaySMTP, session: Session,
+                          envelope: SmtpEnvelope) -> str:
+        data = envelope.original_content or b""
+        if _BARE_CR_OR_LF.search(data):
+            metrics.smtp_rejections.labels(reason="bare_line_ending").inc()
+            log.warning("refused message from %s: bare CR or LF", session.peer)
+            return BARE_LINE_ENDING
+        sender = envelope.mail_from if envelope.mail_from != "<>" else ""
+        queued = Envelope(
+            id=new_id(),
+            sender=sender or "",
+            recipients=[
+                RecipientState(address=a, notify=server.dsn.rcpt.get(a, ((), ""))[0],
+                               orcpt=server.dsn.rcpt.get(a, ((), ""))[1])
+                for a in envelope.rcpt_tos
+            ],
+            received=time.time(),
+            client=str(session.peer[0]) if isinstance(session.peer, tuple) else "",
+            helo=session.host_name or "",
+            ret=server.dsn.ret,
+            envid=server.dsn.envid,
+            smtputf8=envelope.smtp_utf8,
+        )
+        try:
+            await self.spool.put(queued, data)
+        except SpoolError as e:
+            log.error("spool write failed: %s", e)
+            return SPOOL_FAILED
+        fields, _ = rawmail.split(data[:65536])
+        tagged = read_tags(fields, self.tags).tagged
+        metrics.messages_received.labels(tagged=str(tagged).lower()).inc()
+        log.info("queued %s from <%s> for %d recipient(s) (client %s)", queued.id, sender,
+                 len(queued.recipients), queued.client)
+        self.on_accepted(queued)
+        return f"250 2.0.0 Ok: queued as {queued.id}"

@@ -1,0 +1,163 @@
+"""The spool on disk: each message's body written once, and a small JSON state beside it.
+
+A message is durable when both files are written, fsynced, renamed into place and the
+folder is fsynced; only then does the edge answer 250 (RFC 5321 6.1). Folder fsyncs of
+messages that arrive together share one round (group commit). All disk work runs in
+worker threads so one slow write never stalls other sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import time
+from pathlib import Path
+
+from gateway.model import Envelope
+from gateway.observe import metrics
+
+log = logging.getLogger(__name__)
+
+BODY = ".eml"
+STATE = ".json"
+TMP = ".tmp"
+
+
+class SpoolError(Exception):
+    """The spool could not be written: the message is not accepted."""
+
+
+def new_id() -> str:
+    """A queue id that sorts by arrival time and never repeats."""
+    return f"{time.time_ns() // 1000:014X}{secrets.token_hex(3).upper()}"
+
+
+class GroupSync:
+    """fsync a folder once for every writer that asked while the previous round ran."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._next: asyncio.Future[None] | None = None
+        self._running = False
+
+    async def sync(self) -> None:
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+        waiter = self._next
+        if not self._running:
+            self._running = True
+            asyncio.get_running_loop().create_task(self._rounds())
+        await waiter
+
+    async def _rounds(self) -> None:
+        try:
+            while self._next is not None:
+                batch, self._next = self._next, None
+                try:
+                    await asyncio.to_thread(_fsync_dir, self.path)
+                except OSError as e:
+                    batch.set_exception(SpoolError(f"fsync of {self.path} failed: {e}"))
+                else:
+                    batch.set_result(None)
+        finally:
+            self._running = False
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_durable(path: Path, data: bytes) -> None:
+    """Write to a temporary file, fsync it and rename it into place."""
+    tmp = path.with_name(path.name + TMP)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Spool:
+    """The message store. Paths: DIR/<id>.eml (body) and DIR/<id>.json (envelope, state)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self._sync = GroupSync(directory)
+
+    def prepare(self) -> None:
+        """Create the folder and clear writes that never finished (no 250 was given)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for path in self.dir.iterdir():
+            if path.name.endswith(TMP):
+                path.unlink(missing_ok=True)
+            elif path.suffix == BODY and not path.with_suffix(STATE).exists():
+                log.warning("removing %s: its envelope was never written", path.name)
+                path.unlink(missing_ok=True)
+
+    def writable(self) -> bool:
+        return os.access(self.dir, os.W_OK | os.X_OK)
+
+    async def put(self, envelope: Envelope, data: bytes) -> None:
+        """Make a new message durable; SpoolError when it could not be."""
+        started = time.perf_counter()
+        state = _encode(envelope)
+        try:
+            await asyncio.to_thread(self._put_files, envelope.id, data, state)
+            await self._sync.sync()
+        except OSError as e:
+            raise SpoolError(f"cannot write {envelope.id}: {e}") from e
+        metrics.spool_write_seconds.observe(time.perf_counter() - started)
+
+    def _put_files(self, queue_id: str, data: bytes, state: bytes) -> None:
+        # The body goes first: a state file always has its body.
+        _write_durable(self.dir / (queue_id + BODY), data)
+        _write_durable(self.dir / (queue_id + STATE), state)
+
+    async def update(self, envelope: Envelope) -> None:
+        """Replace a message's state atomically (the body is never rewritten)."""
+        path = self.dir / (envelope.id + STATE)
+        await asyncio.to_thread(_write_durable, path, _encode(envelope))
+        await self._sync.sync()
+
+    async def remove(self, queue_id: str) -> None:
+        """Forget a finished message: state first, so a crash never leaves a bodiless state."""
+        def unlink() -> None:
+            (self.dir / (queue_id + STATE)).unlink(missing_ok=True)
+            (self.dir / (queue_id + BODY)).unlink(missing_ok=True)
+        await asyncio.to_thread(unlink)
+        await self._sync.sync()
+
+    async def body(self, queue_id: str) -> bytes:
+        return await asyncio.to_thread((self.dir / (queue_id + BODY)).read_bytes)
+
+    def read(self, queue_id: str) -> Envelope | None:
+        """One message's envelope, read straight from disk (for the queue commands)."""
+        path = self.dir / (queue_id + STATE)
+        if "/" in queue_id or not path.exists():
+            return None
+        return _decode(path)
+
+    def load_all(self) -> list[Envelope]:
+        """Every spooled message, oldest first; an unreadable record is skipped and logged."""
+        envelopes = []
+        for path in sorted(self.dir.glob("*" + STATE)):
+            try:
+                envelopes.append(_decode(path))
+            except (OSError, ValueError, TypeError, KeyError) as e:
+                log.error("cannot read spool record %s: %s; left in place", path.name, e)
+        return envelopes
+
+
+def _encode(envelope: Envelope) -> bytes:
+    return json.dumps(envelope.to_json(), ensure_ascii=False, indent=1).encode("utf-8")
+
+
+def _decode(path: Path) -> Envelope:
+    return Envelope.from_json(json.loads(path.read_bytes()))

@@ -1,0 +1,67 @@
+"""SEPO list, routing, addresses and CPR spotting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigError, RoutesConfig
+from gateway.policy.address import InvalidAddress, normalise
+from gateway.policy.cpr import find_cpr
+from gateway.policy.routing import Routing
+from gateway.policy.sepo import load_sepo
+
+
+def test_sepo_exact_and_subdomains(tmp_path: Path):
+    path = tmp_path / "sepo.txt"
+    path.write_text("# members\nast.dk\n.kommune.example.dk  # all subdomains\n\n")
+    sepo = load_sepo(path, tmp_path / "gw.toml")
+    assert "ast.dk" in sepo and "AST.dk" in sepo
+    assert "mail.ast.dk" not in sepo
+    assert "x.kommune.example.dk" in sepo and "a.b.kommune.example.dk" in sepo
+    assert "kommune.example.dk" not in sepo
+    assert len(sepo) == 2
+
+
+def test_sepo_bad_line_names_file_and_line(tmp_path: Path):
+    path = tmp_path / "sepo.txt"
+    path.write_text("ast.dk\nnot a domain\n")
+    with pytest.raises(ConfigError, match=r"sepo\.list: .*line 2"):
+        load_sepo(path, tmp_path / "gw.toml")
+
+
+def test_sepo_missing_file(tmp_path: Path):
+    with pytest.raises(ConfigError, match="sepo.list"):
+        load_sepo(tmp_path / "nope.txt", tmp_path / "gw.toml")
+
+
+def test_routing_order():
+    routing = Routing(RoutesConfig("smtp://127.0.0.1:2600", "mx",
+                                   {"ast.dk": "smtp://127.0.0.1:2601",
+                                    ".region.dk": "file:/tmp/x"}), ("brondby.dk",))
+    assert routing.route_for("brondby.dk") == "smtp://127.0.0.1:2600"
+    assert routing.route_for("AST.DK") == "smtp://127.0.0.1:2601"
+    assert routing.route_for("mail.region.dk") == "file:/tmp/x"
+    assert routing.route_for("region.dk") == "mx"
+    assert routing.route_for("hotmail.dk") == "mx"
+
+
+@pytest.mark.parametrize("raw,expected", [("Ole@DHL.dk", "Ole@dhl.dk"),
+                                          ("<a.b@x.example.dk>", "a.b@x.example.dk")])
+def test_normalise(raw, expected):
+    assert normalise(raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["", "nobody", "a@b", "*)(mail=*", "a b@x.dk", "a@x..dk",
+                                 "a@-x.dk", "a\x00@x.dk"])
+def test_invalid_addresses(raw):
+    with pytest.raises(InvalidAddress):
+        normalise(raw)
+
+
+def test_cpr():
+    assert find_cpr("Vedr. Bente Jensen 220910-1234") == "220910-1234"
+    assert find_cpr("cpr 2209101234") == "2209101234"
+    assert find_cpr("bolig 127, sag 2025-001234") is None
+    assert find_cpr("ordre 9999991234") is None  # no such date

@@ -1,0 +1,65 @@
+"""Configuration loading: the demo file is valid, and each mistake gets one clear line."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigError, load
+
+DEMO = Path(__file__).parents[2] / "policies" / "gateway.toml"
+
+
+def test_demo_configuration_loads():
+    config = load(DEMO)
+    assert config.smtp.listen[0].port == 2525
+    assert config.organisation.internal_domains == ("brondby.dk",)
+    assert config.departments[0].id == "aeldreomsorg"
+    assert config.spool.dir == (DEMO.parent.parent / "var" / "spool").resolve()
+    assert config.routes.internal.startswith("file:/")
+
+
+def write(tmp_path: Path, old: str, new: str) -> Path:
+    text = DEMO.read_text(encoding="utf-8")
+    assert old in text
+    path = tmp_path / "gateway.toml"
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+    shutil.copy(DEMO.parent / "sepo.txt", tmp_path / "sepo.txt")
+    return path
+
+
+@pytest.mark.parametrize("old,new,key", [
+    ('listen = ["127.0.0.1:2525"]', 'listen = ["127.0.0.1"]', "smtp.listen"),
+    ('listen = ["127.0.0.1:2525"]', 'listen = "127.0.0.1:2525"', "smtp.listen"),
+    ('max_message_size = 52428800', 'max_message_size = "big"', "smtp.max_message_size"),
+    ('relay_networks = ["127.0.0.0/8", "::1/128"]', 'relay_networks = ["10.0.0.300/8"]',
+     "smtp.relay_networks"),
+    ('default = "file:../var/outbox"', 'default = "smtp://nowhere"', "routes.default"),
+    ('min_tls = "1.2"', 'min_tls = "1.0"', "sepo.min_tls"),
+    ("subject = '(?P<keyword>[A-Za-z0-9._-]+)%%'", "subject = '(['", "tags.subject"),
+    ('backend = "files"', 'backend = "x500"', "directory.backend"),
+    ('retry_min = 60', 'retry_min = 60\nretry_mni = 5', "queue.retry_mni"),
+    ('id = "aeldreomsorg"', 'id = "ældre omsorg"', "departments[0].id"),
+    ('[http]', '[htp]', "htp"),
+])
+def test_errors_name_file_and_key(tmp_path, old, new, key):
+    path = write(tmp_path, old, new)
+    with pytest.raises(ConfigError) as e:
+        load(path)
+    assert e.value.key == key
+    assert str(e.value).startswith(f"{path.resolve()}: {key}: ") or \
+        str(e.value).startswith(f"{path}: {key}: ")
+
+
+def test_not_toml(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[smtp\nlisten=", encoding="utf-8")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load(tmp_path / "none.toml")
