@@ -1,0 +1,1 @@
+"""Transform: what is done to a message before it leaves."""

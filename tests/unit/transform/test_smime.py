@@ -1,0 +1,123 @@
+"""Signing and encryption, read back by OpenSSL and gpgsm rather than by ourselves."""
+
+from __future__ import annotations
+
+import email
+import hashlib
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from gateway.transform.smime import encrypt, sign
+from tests.unit.transform.tools import (
+    Gpgsm,
+    OpenSSL,
+    Pki,
+    cert_id,
+    enveloped_data,
+    recipient_ids,
+    signed_data,
+    signed_parts,
+)
+
+SHA256 = "2.16.840.1.101.3.4.2.1"
+AES_256_CBC = "2.16.840.1.101.3.4.1.42"
+RSA_ENCRYPTION = "1.2.840.113549.1.1.1"  # PKCS#1 v1.5 key transport
+ENTITY = ("Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+          "Kære Ole\r\n\r\nHun har skinnebenssår.  \r\n").encode()
+
+
+@pytest.fixture(scope="module")
+def signed(pki: Pki) -> bytes:
+    dep = pki.department
+    return sign(ENTITY, dep.cert, dep.key, dep.chain)
+
+
+def test_sign_makes_detached_multipart_signed_with_sha256(signed: bytes) -> None:
+    message = email.message_from_bytes(signed)
+    assert message.get_content_type() == "multipart/signed"
+    assert message.get_param("protocol") == "application/pkcs7-signature"
+    assert message.get_param("micalg") == "sha-256"
+    content, signature_part = message.get_payload()
+    assert signature_part.get_content_type() == "application/pkcs7-signature"
+    assert signature_part["Content-Transfer-Encoding"] == "base64"
+
+
+def test_openssl_verifies_signature_and_chain_to_the_root(signed: bytes,
+                                                          openssl: OpenSSL) -> None:
+    assert openssl.verify(signed) == ENTITY
+
+
+def test_signature_covers_the_exact_bytes_in_the_multipart(signed: bytes, gpgsm: Gpgsm) -> None:
+    content, signature = signed_parts(signed)
+    assert content == ENTITY
+    info = signed_data(signature)["signer_infos"][0]
+    attributes = {a["type"].native: a["values"][0].native for a in info["signed_attrs"]}
+    assert attributes["message_digest"] == hashlib.sha256(content).digest()
+    # gpgsm checks the detached signature over these bytes with no line-end conversion.
+    assert "Good signature" in gpgsm.verify(content, signature)
+
+
+def test_signature_uses_sha256_and_carries_certificate_and_chain(signed: bytes,
+                                                                 pki: Pki) -> None:
+    data = signed_data(signed_parts(signed)[1])
+    assert [a["algorithm"].dotted for a in data["digest_algorithms"]] == [SHA256]
+    assert data["signer_infos"][0]["digest_algorithm"]["algorithm"].dotted == SHA256
+    carried = {c.chosen.dump() for c in data["certificates"]}
+    expected = [pki.department.cert, *pki.department.chain]
+    assert len(pki.department.chain) == 1  # the issuing CA: the chain is really there
+    assert carried == {c.public_bytes(serialization.Encoding.DER) for c in expected}
+
+
+def test_sign_signs_the_canonical_crlf_form(pki: Pki, openssl: OpenSSL) -> None:
+    dep = pki.department
+    signed = sign(b"Content-Type: text/plain\n\nline one\nline two\n", dep.cert, dep.key,
+                  dep.chain)
+    content = b"Content-Type: text/plain\r\n\r\nline one\r\nline two\r\n"
+    assert signed_parts(signed)[0] == content
+    assert openssl.verify(signed) == content
+
+
+@pytest.fixture(scope="module")
+def encrypted(pki: Pki) -> bytes:
+    # The department certificate twice: it must still be one recipient.
+    return encrypt(ENTITY, [pki.recipient.cert, pki.department.cert, pki.department.cert])
+
+
+def test_encrypt_makes_the_contract_enveloped_data_entity(encrypted: bytes) -> None:
+    head = encrypted.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    assert b"Content-Type: application/pkcs7-mime; smime-type=enveloped-data; name=smime.p7m" \
+        in head
+    assert b"Content-Disposition: attachment; filename=smime.p7m" in head
+    assert b"Content-Transfer-Encoding: base64" in head
+    body = encrypted.split(b"\r\n\r\n", 1)[1]
+    assert all(len(line) <= 76 for line in body.split(b"\r\n"))
+
+
+def test_encrypt_uses_aes256_cbc_and_rsa_key_transport(encrypted: bytes) -> None:
+    data = enveloped_data(encrypted)
+    algorithm = data["encrypted_content_info"]["content_encryption_algorithm"]["algorithm"]
+    assert algorithm.dotted == AES_256_CBC
+    for info in data["recipient_infos"]:
+        assert info.name == "ktri"
+        assert info.chosen["key_encryption_algorithm"]["algorithm"].dotted == RSA_ENCRYPTION
+
+
+def test_encrypt_names_exactly_the_recipients(encrypted: bytes, pki: Pki) -> None:
+    assert recipient_ids(encrypted) == {cert_id(pki.recipient), cert_id(pki.department)}
+
+
+def test_every_recipient_and_nobody_else_can_decrypt(encrypted: bytes, pki: Pki,
+                                                     openssl: OpenSSL) -> None:
+    assert openssl.decrypt(encrypted, pki.recipient) == ENTITY
+    assert openssl.decrypt(encrypted, pki.department) == ENTITY
+    assert openssl.cannot_decrypt(encrypted, pki.hidden)
+
+
+def test_gpgsm_decrypts(encrypted: bytes, gpgsm: Gpgsm) -> None:
+    assert gpgsm.decrypt(encrypted) == ENTITY
+
+
+def test_encrypt_refuses_no_recipients() -> None:
+    with pytest.raises(ValueError):
+        encrypt(ENTITY, [])
