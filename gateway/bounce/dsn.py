@@ -1,0 +1,324 @@
+"""Build a delivery status notification from recipient outcomes: bytes ready to spool.
+
+RFC 3464 (multipart/report of RFC 6522 with report-type=delivery-status: a human part,
+the message/delivery-status fields, the original headers as text/rfc822-headers),
+RFC 3461 (ORCPT and ENVID come back xtext-decoded) and RFC 3834 (Auto-Submitted).
+The human part is Danish first, then English, and says per recipient why and what the
+sender can do instead. The original body is never included, whatever RET asked for:
+it may hold the very data that could not be sent safely. Nor is the original subject.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import quopri
+import re
+import secrets
+import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+Kind = Literal["unsafe", "no_department", "sender_not_allowed", "cpr_in_subject", "rejected",
+               "expired", "deleted", "delayed", "protect_failed"]
+
+_END_OF_HEADERS = re.compile(rb"\r?\n\r?\n")
+_XTEXT_HEX = re.compile(r"\+([0-9A-Fa-f]{2})")
+_DIAGNOSTIC_TYPE = re.compile(r"[A-Za-z0-9-]+;")
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One recipient to report on: what happened (action, status) and why."""
+
+    address: str
+    orcpt: str  # RFC 3461 ORCPT as received ("rfc822;addr"), or ""
+    action: Literal["failed", "delayed"]
+    status: str  # RFC 3463, e.g. "5.7.1"
+    diagnostic: str  # "smtp; 550 5.1.1 no such user" or "x-send-sikkert; ..."
+    kind: Kind
+
+
+@dataclass(frozen=True)
+class _Text:
+    """What the human part says about one kind of failure, in one language."""
+
+    why: str
+    todo: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Language:
+    intro: str  # {org} and {host} filled in
+    failed: str
+    delayed: str
+    why: str
+    todo: str
+    detail: str
+    footer: str  # {queue_id} and {arrival} filled in
+    kinds: dict[str, _Text]
+
+
+_DANISH = _Language(
+    intro="Dette er en automatisk besked fra {org_gen} sikre mail-gateway ({host}).",
+    failed="Din mail er ikke afleveret til:",
+    delayed="Din mail er endnu ikke afleveret til:",
+    why="Hvorfor",
+    todo="Det kan du gøre",
+    detail="svar",
+    footer="Mailens kø-id er {queue_id}. Den blev modtaget {arrival}.",
+    kinds={
+        "unsafe": _Text(
+            "Der er ingen sikker måde at sende mailen til modtageren på. Adressen er ikke "
+            "intern, modtagerens organisation er ikke med i tunnelmail (SEPO), og der er "
+            "ikke fundet et gyldigt certifikat til kryptering. Mailen er derfor ikke sendt.",
+            ("Bed modtageren om en sikker mailadresse.",
+             "Send med Digital Post i stedet.",
+             "Ring til modtageren.",
+             "Fjern de følsomme personoplysninger, og send mailen som almindelig mail.",
+             "Send modtageren {org_gen} vejledning i sikker mail.")),
+        "no_department": _Text(
+            "Mailen var markeret til sikker afsendelse, men der kunne ikke findes en "
+            "afdeling at sende den fra.",
+            ("Vælg din afdeling, og send mailen igen.",
+             "Kontakt IT, hvis du ikke kan vælge en afdeling.")),
+        "sender_not_allowed": _Text(
+            "Du har ikke lov til at sende sikker mail via den valgte afdeling.",
+            ("Vælg din egen afdeling, og send mailen igen.",
+             "Kontakt IT, hvis du skal have adgang til afdelingen.")),
+        "cpr_in_subject": _Text(
+            "Emnefeltet indeholder noget, der ligner et CPR-nummer. Emnefeltet bliver "
+            "aldrig krypteret, så mailen er ikke sendt.",
+            ("Fjern CPR-nummeret fra emnefeltet, og send mailen igen.",)),
+        "rejected": _Text(
+            "Modtagerens mailserver afviste mailen.",
+            ("Kontrollér adressen, og send mailen igen.",
+             "Eller vælg en anden vej: Digital Post eller telefon.")),
+        "expired": _Text(
+            "Mailen kunne ikke afleveres i tide, selv om vi blev ved med at prøve.",
+            ("Kontrollér adressen, og send mailen igen senere.",
+             "Eller vælg en anden vej: Digital Post eller telefon.")),
+        "deleted": _Text(
+            "En administrator har slettet mailen fra køen, før den blev afleveret.",
+            ("Send mailen igen, hvis den stadig skal frem, eller kontakt IT.",)),
+        "delayed": _Text(
+            "Mailen er endnu ikke afleveret. Vi prøver fortsat og giver besked, hvis det "
+            "ikke lykkes.",
+            ("Du behøver ikke gøre noget.",)),
+        "protect_failed": _Text(
+            "Mailen kunne ikke signeres og krypteres på grund af en teknisk fejl, så den "
+            "er ikke sendt.",
+            ("Kontakt IT.",
+             "Send i mellemtiden med Digital Post, eller ring til modtageren.")),
+    },
+)
+
+_ENGLISH = _Language(
+    intro="This is an automatic message from the secure mail gateway of {org} ({host}).",
+    failed="Your message was not delivered to:",
+    delayed="Your message has not yet been delivered to:",
+    why="Why",
+    todo="What you can do",
+    detail="reply",
+    footer="The message's queue id is {queue_id}. It was received {arrival}.",
+    kinds={
+        "unsafe": _Text(
+            "There is no secure way to send the message to the recipient. The address is "
+            "not internal, the recipient's organisation is not part of tunnel mail (SEPO), "
+            "and no valid encryption certificate was found. The message was therefore not "
+            "sent.",
+            ("Ask the recipient for a secure e-mail address.",
+             "Send it by Digital Post instead.",
+             "Telephone the recipient.",
+             "Remove the sensitive personal data and send it as ordinary mail.",
+             "Send the recipient the guide to secure mail from {org}.")),
+        "no_department": _Text(
+            "The message was marked for secure sending, but no department to send it from "
+            "could be found.",
+            ("Choose your department and send the message again.",
+             "Contact IT if you cannot choose a department.")),
+        "sender_not_allowed": _Text(
+            "You are not allowed to send secure mail through the department chosen.",
+            ("Choose your own department and send the message again.",
+             "Contact IT if you need access to that department.")),
+        "cpr_in_subject": _Text(
+            "The subject holds what looks like a CPR number. The subject is never "
+            "encrypted, so the message was not sent.",
+            ("Remove the CPR number from the subject and send the message again.",)),
+        "rejected": _Text(
+            "The recipient's mail server refused the message.",
+            ("Check the address and send the message again.",
+             "Or choose another way: Digital Post or telephone.")),
+        "expired": _Text(
+            "The message could not be delivered in time, although we kept trying.",
+            ("Check the address and send the message again later.",
+             "Or choose another way: Digital Post or telephone.")),
+        "deleted": _Text(
+            "An administrator removed the message from the queue before it was delivered.",
+            ("Send it again if it still needs to reach the recipient, or contact IT.",)),
+        "delayed": _Text(
+            "The message has not been delivered yet. We keep trying and will tell you if "
+            "it fails.",
+            ("Nothing is needed from you.",)),
+        "protect_failed": _Text(
+            "The message could not be signed and encrypted because of a technical fault, "
+            "so it was not sent.",
+            ("Contact IT.",
+             "Meanwhile send it by Digital Post or telephone the recipient.")),
+    },
+)
+
+# Kinds whose diagnostic tells the sender something the general text does not.
+_DETAILED = ("rejected", "expired", "delayed", "protect_failed")
+
+_SUBJECTS = {
+    "unsafe": "Ikke afleveret: sikker mail er ikke mulig / Undeliverable: secure mail not possible",
+    "cpr_in_subject": "Ikke afleveret: CPR-nummer i emnefeltet / Undeliverable: CPR number in "
+                      "the subject",
+    "no_department": "Ikke afleveret: ingen afdeling / Undeliverable: no department",
+    "sender_not_allowed": "Ikke afleveret: ikke tilladt for afdelingen / Undeliverable: not "
+                          "allowed for the department",
+    "protect_failed": "Ikke afleveret: kunne ikke krypteres / Undeliverable: could not be "
+                      "encrypted",
+    "delayed": "Forsinket: mailen er endnu ikke afleveret / Delayed: message not yet delivered",
+}
+_SUBJECT_OTHER = "Ikke afleveret / Undeliverable: delivery failed"
+
+
+def build_dsn(*, hostname: str, organisation: str, queue_id: str, arrival: float, sender: str,
+              original_headers: bytes, failures: Sequence[Failure], envid: str = "") -> bytes:
+    """The whole DSN message (CRLF line endings); the caller sends it from the null sender."""
+    if not failures:
+        raise ValueError("a DSN needs at least one failure")
+    boundary = "=_" + secrets.token_hex(16)  # "=_" cannot occur in quoted-printable text
+    head = [
+        "From: Mail Delivery System <MAILER-DAEMON@" + hostname + ">",
+        "To: <" + _line(sender) + ">",
+        "Subject: " + _subject(failures),
+        "Date: " + email.utils.formatdate(localtime=True),
+        "Message-ID: " + email.utils.make_msgid(domain=hostname),
+        "Auto-Submitted: auto-replied",
+        "MIME-Version: 1.0",
+        "Content-Type: multipart/report; report-type=delivery-status;",
+        f'\tboundary="{boundary}"',
+        "",
+        "This is a delivery status notification in MIME format (RFC 3464).",
+    ]
+    text = _human(organisation, hostname, queue_id, arrival, failures)
+    parts = [
+        ["Content-Type: text/plain; charset=utf-8",
+         "Content-Transfer-Encoding: quoted-printable",
+         "Content-Description: Notification", "",
+         quopri.encodestring(text.encode("utf-8")).decode("ascii")],
+        _part("message/delivery-status", "Delivery report",
+              _status_fields(hostname, queue_id, arrival, failures, envid)),
+        _part("text/rfc822-headers", "Headers of the message", _headers_only(original_headers)),
+    ]
+    lines = head + [line for part in parts for line in [f"--{boundary}", *part]]
+    lines += [f"--{boundary}--", ""]
+    return _crlf("\n".join(lines)).encode("utf-8", "surrogateescape")
+
+
+def _subject(failures: Sequence[Failure]) -> str:
+    failed = [f for f in failures if f.action == "failed"]
+    kind = failed[0].kind if failed else "delayed"
+    return _SUBJECTS.get(kind, _SUBJECT_OTHER)
+
+
+def _human(organisation: str, hostname: str, queue_id: str, arrival: float,
+           failures: Sequence[Failure]) -> str:
+    when = datetime.fromtimestamp(arrival).astimezone().strftime("%d-%m-%Y %H:%M %Z")
+    sections = []
+    for lang, org_gen in ((_DANISH, _danish_genitive(organisation)), (_ENGLISH, "")):
+        names = {"org": organisation, "org_gen": org_gen, "host": hostname}
+        out = _wrap(lang.intro.format(**names))
+        for action, heading in (("failed", lang.failed), ("delayed", lang.delayed)):
+            chosen = [f for f in failures if f.action == action]
+            kinds = list(dict.fromkeys(f.kind for f in chosen))  # in order of appearance
+            for kind in kinds:
+                text = lang.kinds[kind]
+                out += ["", heading, ""]
+                for f in (f for f in chosen if f.kind == kind):
+                    out.append(f"  {_line(f.address)}")
+                    if kind in _DETAILED and f.diagnostic:
+                        out.append(f"    ({lang.detail}: {_readable(f.diagnostic)})")
+                out += [""] + _wrap(f"{lang.why}: {text.why}")
+                out += ["", f"{lang.todo}:"]
+                for item in text.todo:
+                    out += _wrap(item.format(**names), first="  - ", rest="    ")
+        out += [""] + _wrap(lang.footer.format(queue_id=queue_id, arrival=when))
+        sections.append("\n".join(out))
+    return "\n\n----------------------------------------\n\n".join(sections) + "\n"
+
+
+def _status_fields(hostname: str, queue_id: str, arrival: float, failures: Sequence[Failure],
+                   envid: str) -> str:
+    """The message/delivery-status content: per-message fields, then one block per recipient."""
+    blocks = []
+    message = []
+    if envid:
+        message.append(f"Original-Envelope-Id: {_line(_unxtext(envid))}")
+    message += [f"Reporting-MTA: dns; {hostname}",
+                f"X-Send-Sikkert-Queue-Id: {queue_id}",
+                f"Arrival-Date: {email.utils.formatdate(arrival, localtime=True)}"]
+    blocks.append(message)
+    for f in failures:
+        block = []
+        if f.orcpt:
+            kind, _, address = f.orcpt.partition(";")
+            if not address:
+                kind, address = "rfc822", f.orcpt
+            block.append(f"Original-Recipient: {kind.strip()}; {_line(_unxtext(address.strip()))}")
+        diagnostic = _line(f.diagnostic)
+        if not _DIAGNOSTIC_TYPE.match(diagnostic):
+            diagnostic = f"x-send-sikkert; {diagnostic}"
+        block += [f"Final-Recipient: rfc822; {_line(f.address)}",
+                  f"Action: {f.action}",
+                  f"Status: {f.status}",
+                  *_wrap(f"Diagnostic-Code: {diagnostic}", rest=" ")]
+        blocks.append(block)
+    return "\n\n".join("\n".join(block) for block in blocks)
+
+
+def _part(content_type: str, description: str, body: str) -> list[str]:
+    encoding = "7bit" if body.isascii() else "8bit"
+    return [f"Content-Type: {content_type}", f"Content-Description: {description}",
+            f"Content-Transfer-Encoding: {encoding}", "", body]
+
+
+def _headers_only(original: bytes) -> str:
+    """The header section, cut at the first blank line: a body passed by mistake never leaks."""
+    m = _END_OF_HEADERS.search(original)
+    head = original[: m.start()] if m else original.rstrip(b"\r\n")
+    return head.decode("utf-8", "surrogateescape").replace("\r\n", "\n")
+
+
+def _line(text: str) -> str:
+    """One header line's worth of text: no CR or LF can start a new field."""
+    return " ".join(text.split())
+
+
+def _readable(diagnostic: str) -> str:
+    """The diagnostic without its type, e.g. "550 5.1.1 no such user"."""
+    text = _line(diagnostic)
+    return text.split(";", 1)[1].strip() if _DIAGNOSTIC_TYPE.match(text) else text
+
+
+def _unxtext(text: str) -> str:
+    """RFC 3461 4: "+HH" back to the character it stands for."""
+    return _XTEXT_HEX.sub(lambda m: chr(int(m[1], 16)), text)
+
+
+def _wrap(text: str, first: str = "", rest: str = "") -> list[str]:
+    return textwrap.wrap(text, width=76, initial_indent=first, subsequent_indent=rest,
+                         break_long_words=False, break_on_hyphens=False) or [first]
+
+
+def _danish_genitive(name: str) -> str:
+    """Brøndby Kommune -> Brøndby Kommunes; a name ending in s, x or z takes an apostrophe."""
+    return name + "'" if name and name[-1].lower() in "sxz" else name + "s"
+
+
+def _crlf(text: str) -> str:
+    return re.sub(r"\r?\n", "\r\n", text)

@@ -1,0 +1,37 @@
+"""Queue a DSN: build the report and spool it from the null sender to the original sender.
+
+The DSN then travels the normal routes like any other message (RFC 3464, RFC 5321 4.5.5).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+from gateway import rawmail
+from gateway.bounce.dsn import Failure, build_dsn
+from gateway.config import Config
+from gateway.model import Envelope, RecipientState
+from gateway.observe import metrics
+from gateway.spool.store import Spool, new_id
+
+log = logging.getLogger(__name__)
+
+
+async def spool_dsn(spool: Spool, config: Config, env: Envelope, data: bytes,
+                    failures: Sequence[Failure]) -> Envelope | None:
+    """Spool one DSN about `failures`; None when the message had the null sender."""
+    if not env.sender:
+        log.warning("%s: no DSN for a message with the null sender", env.id)
+        return None
+    report = build_dsn(hostname=config.smtp.hostname, organisation=config.organisation.name,
+                       queue_id=env.id, arrival=env.received, sender=env.sender,
+                       original_headers=rawmail.header_block(data), failures=failures,
+                       envid=env.envid)
+    dsn = Envelope(id=new_id(), sender="", recipients=[RecipientState(env.sender)],
+                   received=time.time())
+    await spool.put(dsn, report)
+    metrics.dsn_sent.labels(action=failures[0].action).inc()
+    log.info("%s: %s DSN %s queued for <%s>", env.id, failures[0].action, dsn.id, env.sender)
+    return dsn

@@ -1,0 +1,112 @@
+"""The delivery contract: hand one message to its next hop and report a reply per recipient.
+
+A transport makes one attempt and never retries: the scheduler decides what happens next
+from the replies (RFC 5321 4.2: 2xx delivered, 4xx try again later, 5xx bounce), each
+carrying an RFC 3463 enhanced status. Failures of the next hop itself (DNS, connection,
+timeout, TLS) become a 4xx reply for every recipient, except a domain that does not exist
+or refuses all mail (RFC 7505), which is a 5xx. Implementations sit beside this module:
+`smtp` (one SMTP session, RFC 5321/3207/3461/6531), `mx` (RFC 5321 5.1 and RFC 7505),
+`file` (a folder, for the demo and debugging) and `router` (dispatch by route kind).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+from gateway.errors import Reply
+
+__all__ = ["Rcpt", "Result", "Route", "Router", "TlsPolicy", "Transport", "parse_route",
+           "same_reply"]
+
+
+@dataclass(frozen=True)
+class Route:
+    """A next hop: `smtp://host:port`, `mx` or `file:/abs/dir` (CONTRACT "Route forms")."""
+
+    kind: Literal["smtp", "mx", "file"]
+    host: str = ""  # smtp: a name or an IP address, IPv6 without brackets
+    port: int = 0
+    path: Path | None = None  # file
+
+    def __str__(self) -> str:
+        if self.kind == "smtp":
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            return f"smtp://{host}:{self.port}"
+        return f"file:{self.path}" if self.kind == "file" else "mx"
+
+
+_SMTP_ROUTE = re.compile(r"smtp://(?:\[([0-9A-Fa-f:.]+)\]|([^:/\[\]\s]+)):(\d+)")
+
+
+def parse_route(text: str) -> Route:
+    """Parse a route as written in the configuration; ValueError when it is not one."""
+    if text == "mx":
+        return Route("mx")
+    if text.startswith("file:"):
+        path = Path(text[5:])
+        if not path.is_absolute():
+            raise ValueError(f"{text!r}: a file route needs an absolute folder")
+        return Route("file", path=path)
+    m = _SMTP_ROUTE.fullmatch(text)
+    if m is None:
+        raise ValueError(f"{text!r} is not a route (smtp://host:port, mx or file:DIR)")
+    port = int(m[3])
+    if not 0 < port < 65536:
+        raise ValueError(f"{text!r}: port {port} is out of range")
+    return Route("smtp", host=m[1] or m[2], port=port)
+
+
+@dataclass(frozen=True)
+class TlsPolicy:
+    """How much TLS a delivery needs, named like Postfix's smtp_tls_security_level.
+
+    `may`: STARTTLS when offered, certificate not checked, plaintext otherwise.
+    `verify`: STARTTLS required, chain checked against `ca_file` (None: the system
+    store) and the name of the host we connected to; never plaintext.
+    """
+
+    level: Literal["may", "verify"] = "may"
+    ca_file: Path | None = None
+    min_version: Literal["1.2", "1.3"] = "1.2"
+
+
+@dataclass(frozen=True)
+class Rcpt:
+    """One envelope recipient with its RFC 3461 parameters (xtext as received)."""
+
+    address: str
+    notify: tuple[str, ...] = ()
+    orcpt: str = ""
+
+
+@dataclass(frozen=True)
+class Result:
+    """What one delivery attempt did: a reply per recipient address."""
+
+    replies: dict[str, Reply]
+    tls_failure: bool = False  # TLS was required but could not be had or verified
+    peer: str = ""  # the host that gave the last answer, for logs
+
+
+class Transport(Protocol):
+    """Delivers one message to the recipients of one next hop, once."""
+
+    async def deliver(self, route: Route, domain: str, sender: str, rcpts: Sequence[Rcpt],
+                      data: bytes, tls: TlsPolicy, *, queue_id: str, ret: str = "",
+                      envid: str = "", smtputf8: bool = False) -> Result:
+        """Try once; `domain` is the recipient domain all `rcpts` share."""
+        ...
+
+
+def same_reply(rcpts: Sequence[Rcpt], reply: Reply, *, tls_failure: bool = False,
+               peer: str = "") -> Result:
+    """A result giving every recipient the same reply (the next hop failed as a whole)."""
+    return Result({r.address: reply for r in rcpts}, tls_failure, peer)
+
+
+# The implementations import the contract above, so the router comes last.
+from gateway.delivery.router import Router  # noqa: E402

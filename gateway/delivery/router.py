@@ -1,0 +1,42 @@
+"""Send each delivery to the transport for its route kind: smtp, mx or file.
+
+The one Transport the scheduler's pipeline holds. An unexpected error in a transport
+becomes 451 4.3.0 for every recipient (RFC 3463): the message waits, nothing is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from gateway.config import HostPort
+from gateway.delivery import Rcpt, Result, Route, TlsPolicy, Transport, same_reply
+from gateway.delivery.file import FileTransport
+from gateway.delivery.mx import MxResolver, MxTransport
+from gateway.delivery.smtp import SmtpTransport
+from gateway.errors import Reply
+
+log = logging.getLogger(__name__)
+
+
+class Router:
+    """Dispatches by `route.kind`; builds its transports from the delivery settings."""
+
+    def __init__(self, *, hostname: str, nameservers: Sequence[HostPort] = (),
+                 mx_port: int = 25, timeout: float = 60, connect_timeout: float = 30,
+                 dns_timeout: float = 10) -> None:
+        smtp = SmtpTransport(hostname, timeout=timeout, connect_timeout=connect_timeout)
+        mx = MxTransport(smtp, MxResolver(nameservers, timeout=dns_timeout), port=mx_port)
+        self.transports: dict[str, Transport] = {"smtp": smtp, "mx": mx, "file": FileTransport()}
+
+    async def deliver(self, route: Route, domain: str, sender: str, rcpts: Sequence[Rcpt],
+                      data: bytes, tls: TlsPolicy, *, queue_id: str, ret: str = "",
+                      envid: str = "", smtputf8: bool = False) -> Result:
+        """Deliver once through the transport for `route`."""
+        try:
+            return await self.transports[route.kind].deliver(
+                route, domain, sender, rcpts, data, tls, queue_id=queue_id, ret=ret,
+                envid=envid, smtputf8=smtputf8)
+        except Exception:
+            log.exception("%s: delivery via %s failed unexpectedly", queue_id, route)
+            return same_reply(rcpts, Reply(451, "4.3.0", f"internal error delivering via {route}"))

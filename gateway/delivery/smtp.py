@@ -1,0 +1,310 @@
+"""One SMTP session with one host: STARTTLS as the TLS policy demands, then one transaction.
+
+RFC 5321 (the session, per-recipient replies, DATA applying to accepted recipients),
+RFC 3207 (STARTTLS, EHLO again afterwards), RFC 3461 (NOTIFY/ORCPT/RET/ENVID only to a
+server that advertises DSN), RFC 6152 (BODY=8BITMIME), RFC 6531 (SMTPUTF8), RFC 1870
+(SIZE) and RFC 3463 (enhanced status codes). The `verify` level never sends a byte of
+the message in plaintext: a missing STARTTLS, a refused one or a failed handshake or
+certificate check ends the session with 4.7.5.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiosmtplib
+
+from gateway.delivery import Rcpt, Result, Route, TlsPolicy, same_reply
+from gateway.errors import Reply
+
+log = logging.getLogger(__name__)
+
+_TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+_ENHANCED = re.compile(r"([245]\.\d{1,3}\.\d{1,3})(?:\s+|$)")
+_END_OF_HEADERS = re.compile(rb"\r?\n\r?\n")
+_XTEXT_PLAIN = re.compile(r"\+[0-9A-F]{2}|[!-*,-<>-~]")
+
+
+class HostFailure(Exception):
+    """The host as a whole could not take the message; another host might."""
+
+    def __init__(self, reply: Reply, *, tls: bool = False) -> None:
+        super().__init__(str(reply))
+        self.reply = reply
+        self.tls = tls
+
+
+class _PlaintextRetry(Exception):
+    """Opportunistic STARTTLS failed: Postfix's `may` level then tries without TLS."""
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One message for one next hop: the envelope and the bytes, as spooled."""
+
+    sender: str
+    rcpts: tuple[Rcpt, ...]
+    data: bytes
+    queue_id: str = ""
+    ret: str = ""
+    envid: str = ""
+    smtputf8: bool = False
+
+    @property
+    def needs_utf8(self) -> bool:
+        """Whether the sender or the header section can only travel with SMTPUTF8."""
+        m = _END_OF_HEADERS.search(self.data)
+        head = self.data[: m.start()] if m else self.data
+        return not self.sender.isascii() or (self.smtputf8 and not head.isascii())
+
+
+def server_reply(code: int, message: str) -> Reply:
+    """A server's reply as a Reply, its enhanced status taken from the text (RFC 2034)."""
+    status, texts = "", []
+    for line in message.splitlines():
+        m = _ENHANCED.match(line)
+        if m and m[1][0] == str(code)[0]:  # a status of another class is just text
+            status = status or m[1]
+            line = line[m.end():]
+        if line.strip():
+            texts.append(line.strip())
+    return Reply(code, status or f"{code // 100}.0.0", " ".join(texts))
+
+
+def xtext(value: str) -> str:
+    """RFC 3461 4 xtext: valid xtext (as received) stays, anything else is encoded."""
+    out, i = [], 0
+    while i < len(value):
+        m = _XTEXT_PLAIN.match(value, i)
+        if m:
+            out.append(m[0])
+            i = m.end()
+        else:
+            out.append("".join(f"+{b:02X}" for b in value[i].encode("utf-8")))
+            i += 1
+    return "".join(out)
+
+
+class SmtpTransport:
+    """Delivers over SMTP to `smtp://host:port` routes, and to the hosts `mx` found."""
+
+    def __init__(self, hostname: str, *, timeout: float = 60, connect_timeout: float = 30,
+                 data_timeout: float = 600) -> None:
+        self.hostname = hostname  # our EHLO name
+        self.timeout = timeout  # per command
+        self.connect_timeout = connect_timeout  # TCP connect and greeting
+        self.data_timeout = data_timeout  # RFC 5321 4.5.3.2.6: 10 minutes for the DATA reply
+        self._contexts: dict[TlsPolicy, tuple[int, ssl.SSLContext]] = {}  # with the CA's mtime
+
+    async def deliver(self, route: Route, domain: str, sender: str, rcpts: Sequence[Rcpt],
+                      data: bytes, tls: TlsPolicy, *, queue_id: str, ret: str = "",
+                      envid: str = "", smtputf8: bool = False) -> Result:
+        """One session with the route's host; its name is the one the certificate must carry."""
+        message = Outgoing(sender, tuple(rcpts), data, queue_id, ret, envid, smtputf8)
+        peer = describe_peer(route.host, route.port, route.host)
+        try:
+            replies = await self.send(route.host, route.port, route.host, message, tls)
+        except HostFailure as e:
+            return same_reply(rcpts, e.reply, tls_failure=e.tls, peer=peer)
+        return Result(replies, peer=peer)
+
+    async def send(self, address: str, port: int, tls_name: str, message: Outgoing,
+                   tls: TlsPolicy) -> dict[str, Reply]:
+        """One session with one host: a reply per recipient, HostFailure if none could be had.
+
+        `address` is what we connect to (a name or an IP address); `tls_name` is the name
+        the certificate is checked against under the `verify` level.
+        """
+        peer = describe_peer(address, port, tls_name)
+        try:
+            try:
+                replies = await self._session(address, port, tls_name, message, tls,
+                                              starttls=True)
+            except _PlaintextRetry as e:
+                log.info("%s: %s: opportunistic TLS failed (%s), retrying in plaintext",
+                         message.queue_id, peer, e)
+                replies = await self._session(address, port, tls_name, message, tls,
+                                              starttls=False)
+        except HostFailure as e:
+            log.info("%s: %s: %s", message.queue_id, peer, e.reply)
+            raise
+        log.info("%s: %s: %s", message.queue_id, peer,
+                 ", ".join(f"<{a}> {r}" for a, r in replies.items()))
+        return replies
+
+    async def _session(self, address: str, port: int, tls_name: str, message: Outgoing,
+                       tls: TlsPolicy, *, starttls: bool) -> dict[str, Reply]:
+        peer = describe_peer(address, port, tls_name)
+        client = aiosmtplib.SMTP(hostname=address, port=port, local_hostname=self.hostname,
+                                 timeout=self.timeout, start_tls=False)
+        try:
+            try:
+                await client.connect(timeout=self.connect_timeout)
+            except aiosmtplib.SMTPConnectResponseError as e:
+                raise HostFailure(server_reply(e.code, e.message)) from None
+            except (aiosmtplib.SMTPException, OSError) as e:
+                raise HostFailure(Reply(451, "4.4.1", f"cannot connect to {peer}: {e}")) from None
+            try:
+                await _hello(client)
+                if starttls:
+                    await self._starttls(client, tls, tls_name, peer)
+            except aiosmtplib.SMTPResponseException as e:
+                raise HostFailure(server_reply(e.code, e.message)) from None
+            except (aiosmtplib.SMTPException, OSError) as e:
+                raise HostFailure(Reply(451, "4.4.2", f"lost connection with {peer}: {e}")
+                                  ) from None
+            return await self._transaction(client, message, peer)
+        finally:
+            client.close()
+
+    async def _starttls(self, client: aiosmtplib.SMTP, tls: TlsPolicy, tls_name: str,
+                        peer: str) -> None:
+        verify = tls.level == "verify"
+        if not client.supports_extension("starttls"):
+            if verify:
+                raise HostFailure(Reply(451, "4.7.5", f"TLS is required, but {peer} does "
+                                                      "not offer STARTTLS"), tls=True)
+            return
+        try:
+            context = await self._context(tls)
+            await client.starttls(server_hostname=tls_name, tls_context=context)
+            await client.ehlo()  # RFC 3207 4.2: forget what was learnt before TLS
+        except (aiosmtplib.SMTPException, ssl.SSLError, OSError) as e:
+            if not verify:
+                raise _PlaintextRetry(str(e)) from None
+            raise HostFailure(Reply(451, "4.7.5", f"TLS with {peer} failed: {_why(e)}"),
+                              tls=True) from None
+
+    async def _context(self, tls: TlsPolicy) -> ssl.SSLContext:
+        """A client context for the policy, rebuilt when its CA file changes."""
+        stamp = tls.ca_file.stat().st_mtime_ns if tls.ca_file else 0
+        cached = self._contexts.get(tls)
+        if cached is None or cached[0] != stamp:
+            cached = stamp, await asyncio.to_thread(_build_context, tls)
+            self._contexts[tls] = cached
+        return cached[1]
+
+    async def _transaction(self, client: aiosmtplib.SMTP, message: Outgoing,
+                           peer: str) -> dict[str, Reply]:
+        utf8 = client.supports_extension("smtputf8")
+        no_utf8 = Reply(553, "5.6.7", f"{peer} does not support SMTPUTF8, which this "
+                                      "message or address needs")
+        if message.needs_utf8 and not utf8:
+            return {r.address: no_utf8 for r in message.rcpts}
+        replies: dict[str, Reply] = {}
+        rcpts = []
+        for r in message.rcpts:
+            if r.address.isascii() or utf8:
+                rcpts.append(r)
+            else:
+                replies[r.address] = no_utf8
+        if not rcpts:
+            return replies
+        use_utf8 = utf8 and (message.needs_utf8 or not all(r.address.isascii() for r in rcpts))
+        encoding = "utf-8" if use_utf8 else "ascii"
+        dsn = client.supports_extension("dsn")
+        try:
+            try:
+                await client.mail(message.sender, options=_mail_options(client, message, use_utf8),
+                                  encoding=encoding)
+            except aiosmtplib.SMTPSenderRefused as e:
+                reply = server_reply(e.code, e.message)
+                replies.update({r.address: reply for r in rcpts})
+                return replies
+            except ValueError as e:  # an address aiosmtplib will not put on a command line
+                replies.update({r.address: Reply(553, "5.1.7", str(e)) for r in rcpts})
+                return replies
+            accepted = []
+            for r in rcpts:
+                try:
+                    await client.rcpt(r.address, options=_rcpt_options(r, dsn), encoding=encoding)
+                    accepted.append(r)
+                except aiosmtplib.SMTPRecipientRefused as e:
+                    replies[r.address] = server_reply(e.code, e.message)
+                except ValueError as e:
+                    replies[r.address] = Reply(553, "5.1.3", str(e))
+            if accepted:
+                try:
+                    response = await client.data(message.data, timeout=self.data_timeout)
+                    reply = server_reply(response.code, response.message)
+                except aiosmtplib.SMTPDataError as e:
+                    reply = server_reply(e.code, e.message)
+                replies.update({r.address: reply for r in accepted})
+            with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+                await client.quit()
+        except (aiosmtplib.SMTPException, OSError) as e:
+            # Accepted recipients whose DATA reply never came may be delivered twice later:
+            # RFC 5321 6.1 prefers that to losing the message.
+            lost = Reply(451, "4.4.2", f"lost connection with {peer}: {e}")
+            for r in rcpts:
+                replies.setdefault(r.address, lost)
+        return replies
+
+
+async def _hello(client: aiosmtplib.SMTP) -> None:
+    try:
+        await client.ehlo()
+    except aiosmtplib.SMTPHeloError:
+        await client.helo()  # RFC 5321 3.2: fall back for a server without ESMTP
+
+
+def _mail_options(client: aiosmtplib.SMTP, message: Outgoing, utf8: bool) -> list[str]:
+    options = []
+    if not message.data.isascii() and client.supports_extension("8bitmime"):
+        options.append("BODY=8BITMIME")
+    if utf8:
+        options.append("SMTPUTF8")
+    if client.supports_extension("size"):
+        options.append(f"SIZE={len(message.data)}")
+    if client.supports_extension("dsn"):
+        if message.ret:
+            options.append(f"RET={message.ret}")
+        if message.envid:
+            options.append(f"ENVID={xtext(message.envid)}")
+    return options
+
+
+def _rcpt_options(rcpt: Rcpt, dsn: bool) -> list[str]:
+    if not dsn:
+        return []
+    options = []
+    if rcpt.notify:
+        options.append("NOTIFY=" + ",".join(rcpt.notify))
+    if rcpt.orcpt:
+        options.append(f"ORCPT={xtext(rcpt.orcpt)}")
+    return options
+
+
+def _build_context(tls: TlsPolicy) -> ssl.SSLContext:
+    if tls.level == "verify":
+        # Only the configured CA file when there is one; else the system store.
+        context = ssl.create_default_context(cafile=_str(tls.ca_file))
+    else:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = _TLS_VERSIONS[tls.min_version]
+    return context
+
+
+def _str(path: Path | None) -> str | None:
+    return str(path) if path else None
+
+
+def _why(error: Exception) -> str:
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return f"certificate not trusted: {error.verify_message}"
+    return str(error) or type(error).__name__
+
+
+def describe_peer(address: str, port: int, name: str) -> str:
+    """`name[address]:port` for logs and replies, or `address:port` when they are the same."""
+    host = f"[{address}]" if ":" in address else address
+    return f"{host}:{port}" if name == address else f"{name}[{address}]:{port}"

@@ -1,0 +1,216 @@
+"""The DSN builder: the CONTRACT shape field by field, the golden file, never the body."""
+
+from __future__ import annotations
+
+import email
+import email.message
+import email.policy
+import email.utils
+from pathlib import Path
+from typing import get_args
+
+import pytest
+
+from gateway.bounce.dsn import Failure, Kind, build_dsn
+from tests.support.golden import assert_matches_golden
+
+GOLDEN = Path(__file__).parent / "golden"
+HOSTNAME = "sikkermail.example.dk"
+ORGANISATION = "Brøndby Kommune"
+SENDER = "anna.jensen@brondby.dk"
+ARRIVAL = 1700000000.0  # 2023-11-14 22:13:20 UTC
+SECRET = "Borgeren har bensår og er blind"
+ORIGINAL = (
+    "From: Anna Jensen <anna.jensen@brondby.dk>\r\n"
+    "To: Lone Hansen <lone@gmail.example>, peter@hotmail.example\r\n"
+    "Subject: Om borgeren\r\n"
+    "Message-ID: <original-1@brondby.dk>\r\n"
+    "X-Send-Sikkert: aeldreomsorg\r\n"
+    "\r\n"
+    f"{SECRET}.\r\n"
+).encode()
+
+
+def unsafe(address: str, orcpt: str = "") -> Failure:
+    return Failure(address=address, orcpt=orcpt, action="failed", status="5.7.1",
+                   diagnostic="x-send-sikkert; no secure route: not internal, not on the SEPO "
+                              "list, no valid certificate", kind="unsafe")
+
+
+def build(failures: list[Failure], envid: str = "", original: bytes = ORIGINAL) -> bytes:
+    return build_dsn(hostname=HOSTNAME, organisation=ORGANISATION, queue_id="Q20231114-1",
+                     arrival=ARRIVAL, sender=SENDER, original_headers=original,
+                     failures=failures, envid=envid)
+
+
+def parse(dsn: bytes) -> email.message.EmailMessage:
+    msg = email.message_from_bytes(dsn, policy=email.policy.default)
+    assert isinstance(msg, email.message.EmailMessage)
+    return msg
+
+
+def text_of(msg: email.message.EmailMessage) -> str:
+    part = msg.get_payload()[0]
+    return part.get_content()
+
+
+def test_matches_the_golden_file() -> None:
+    dsn = build([unsafe("lone@gmail.example", "rfc822;lone@gmail.example"),
+                 unsafe("peter@hotmail.example")], envid="ENV-1")
+    golden = (GOLDEN / "unsafe.dsn").read_text(encoding="utf-8")
+    assert_matches_golden(dsn.decode("utf-8"), golden)
+
+
+def test_top_level_headers() -> None:
+    msg = parse(build([unsafe("lone@gmail.example")]))
+    assert msg["From"] == f"Mail Delivery System <MAILER-DAEMON@{HOSTNAME}>"
+    assert msg["To"].addresses[0].addr_spec == SENDER
+    assert msg["Subject"] == ("Ikke afleveret: sikker mail er ikke mulig / "
+                              "Undeliverable: secure mail not possible")
+    assert email.utils.parsedate_to_datetime(msg["Date"]) is not None
+    assert msg["Message-ID"].endswith(f"@{HOSTNAME}>")
+    assert msg["Auto-Submitted"] == "auto-replied"
+    assert msg["MIME-Version"] == "1.0"
+    assert msg.get_content_type() == "multipart/report"
+    assert msg.get_param("report-type") == "delivery-status"
+    assert [p.get_content_type() for p in msg.get_payload()] == [
+        "text/plain", "message/delivery-status", "text/rfc822-headers"]
+    assert msg.get_payload()[0].get_content_charset() == "utf-8"
+
+
+def test_human_part_is_danish_first_names_recipients_and_alternatives() -> None:
+    text = text_of(parse(build([unsafe("lone@gmail.example"),
+                                unsafe("peter@hotmail.example")])))
+    english = text.index("This is an automatic message")
+    assert 0 < text.index("Hvorfor:") < english < text.index("Why:")
+    for address in ("lone@gmail.example", "peter@hotmail.example"):
+        assert address in text[:english] and address in text[english:]
+    for advice in ("sikker mailadresse", "Digital Post", "Ring til modtageren",
+                   "Fjern de følsomme personoplysninger", "Brøndby Kommunes vejledning"):
+        assert advice in text[:english]
+    for advice in ("secure e-mail address", "Digital Post", "Telephone the recipient",
+                   "Remove the sensitive personal data", "guide to secure mail"):
+        assert advice in text[english:]
+
+
+def test_delivery_status_fields() -> None:
+    msg = parse(build([unsafe("lone@gmail.example", "rfc822;lone+2Bsag@gmail.example"),
+                       unsafe("peter@hotmail.example")], envid="ENV+2B1"))
+    per_message, first, second = msg.get_payload()[1].get_payload()
+    assert per_message["Reporting-MTA"] == f"dns; {HOSTNAME}"
+    assert per_message["Original-Envelope-Id"] == "ENV+1"  # xtext decoded (RFC 3464 2.2.1)
+    assert email.utils.parsedate_to_datetime(per_message["Arrival-Date"]).timestamp() == ARRIVAL
+    assert first["Original-Recipient"] == "rfc822; lone+sag@gmail.example"
+    assert first["Final-Recipient"] == "rfc822; lone@gmail.example"
+    assert first["Action"] == "failed"
+    assert first["Status"] == "5.7.1"
+    assert first["Diagnostic-Code"].startswith("x-send-sikkert; no secure route")
+    assert second["Original-Recipient"] is None
+    assert second["Final-Recipient"] == "rfc822; peter@hotmail.example"
+
+
+def test_original_envelope_id_only_when_given() -> None:
+    per_message = parse(build([unsafe("lone@gmail.example")])).get_payload()[1].get_payload()[0]
+    assert per_message["Original-Envelope-Id"] is None
+
+
+def test_original_headers_are_returned_and_the_body_never() -> None:
+    dsn = build([unsafe("lone@gmail.example")])
+    msg = parse(dsn)
+    headers = msg.get_payload()[2].get_payload()
+    assert headers.replace("\r\n", "\n").strip() == ORIGINAL.decode().split("\r\n\r\n")[0] \
+        .replace("\r\n", "\n")
+    assert SECRET.encode() not in dsn
+    assert all(SECRET not in str(part.get_payload()) for part in msg.walk())
+
+
+def test_original_subject_is_not_in_the_dsn_subject() -> None:
+    original = ORIGINAL.replace(b"Om borgeren", b"Borger 010203-1234")
+    msg = parse(build([Failure("lone@gmail.example", "", "failed", "5.7.1",
+                               "x-send-sikkert; CPR number in the subject", "cpr_in_subject")],
+                      original=original))
+    assert "010203" not in msg["Subject"]
+    text = text_of(msg)
+    assert "Fjern CPR-nummeret fra emnefeltet" in text
+    assert "Remove the CPR number from the subject" in text
+
+
+def test_delayed_report() -> None:
+    msg = parse(build([Failure("lone@gmail.example", "", "delayed", "4.4.1",
+                               "x-send-sikkert; 451 4.4.1 cannot connect", "delayed")]))
+    assert msg["Subject"].startswith("Forsinket")
+    assert "Delayed" in msg["Subject"]
+    block = msg.get_payload()[1].get_payload()[1]
+    assert (block["Action"], block["Status"]) == ("delayed", "4.4.1")
+    text = text_of(msg)
+    assert "Du behøver ikke gøre noget" in text and "Nothing is needed from you" in text
+    assert "451 4.4.1 cannot connect" in text
+
+
+def test_rejected_names_the_server_reply() -> None:
+    msg = parse(build([Failure("lone@gmail.example", "", "failed", "5.1.1",
+                               "smtp; 550 5.1.1 no such user", "rejected")]))
+    text = text_of(msg)
+    assert "svar: 550 5.1.1 no such user" in text
+    assert "reply: 550 5.1.1 no such user" in text
+    assert msg.get_payload()[1].get_payload()[1]["Diagnostic-Code"] == \
+        "smtp; 550 5.1.1 no such user"
+
+
+@pytest.mark.parametrize("kind", get_args(Kind))
+def test_every_kind_is_explained_in_both_languages(kind: str) -> None:
+    action = "delayed" if kind == "delayed" else "failed"
+    msg = parse(build([Failure("lone@gmail.example", "", action,  # type: ignore[arg-type]
+                               "4.0.0" if action == "delayed" else "5.0.0",
+                               "x-send-sikkert; reason", kind)]))  # type: ignore[arg-type]
+    text = text_of(msg)
+    assert "Hvorfor:" in text and "Det kan du gøre:" in text
+    assert "Why:" in text and "What you can do:" in text
+    assert " / " in msg["Subject"]
+
+
+def test_mixed_failed_and_delayed_in_one_report() -> None:
+    msg = parse(build([unsafe("lone@gmail.example"),
+                       Failure("peter@hotmail.example", "", "delayed", "4.4.1",
+                               "x-send-sikkert; timeout", "delayed")]))
+    blocks = msg.get_payload()[1].get_payload()[1:]
+    assert [b["Action"] for b in blocks] == ["failed", "delayed"]
+    assert msg["Subject"].startswith("Ikke afleveret")
+
+
+def test_header_injection_through_an_address_is_impossible() -> None:
+    dsn = build([unsafe("lone@gmail.example\r\nBcc: evil@example.com")])
+    assert b"\r\nBcc:" not in dsn
+
+
+def test_a_long_diagnostic_is_folded_and_unfolds_unchanged() -> None:
+    reason = "smtp; 550 5.7.1 " + " ".join(f"word{i}" for i in range(60))
+    dsn = build([Failure("lone@gmail.example", "", "failed", "5.7.1", reason, "rejected")])
+    assert all(len(line) <= 998 for line in dsn.split(b"\r\n"))
+    block = parse(dsn).get_payload()[1].get_payload()[1]
+    assert block["Diagnostic-Code"] == reason
+
+
+def test_a_diagnostic_without_a_type_gets_ours() -> None:
+    msg = parse(build([Failure("lone@gmail.example", "", "failed", "5.7.1", "refused", "unsafe")]))
+    assert msg.get_payload()[1].get_payload()[1]["Diagnostic-Code"] == "x-send-sikkert; refused"
+
+
+def test_lines_end_in_crlf() -> None:
+    dsn = build([unsafe("lone@gmail.example")])
+    assert b"\n" not in dsn.replace(b"\r\n", b"")
+
+
+def test_no_failures_is_an_error() -> None:
+    with pytest.raises(ValueError):
+        build([])
+
+
+def test_the_golden_matcher_catches_differences() -> None:
+    golden = "Subject: {*}\nContent-Type: x; boundary={b}\n--{b}\nend"
+    assert_matches_golden("Subject: hi\nContent-Type: x; boundary=B1\n--B1\nend", golden)
+    for wrong in ("Subject: hi\nContent-Type: x; boundary=B1\n--B2\nend",  # boundary changed
+                  "Subject: hi\nContent-Type: x; boundary=B1\n--B1\nEND",  # literal differs
+                  "Subject: hi\nContent-Type: x; boundary=B1\n--B1\nend\nextra"):
+        with pytest.raises(AssertionError):
+            assert_matches_golden(wrong, golden)
