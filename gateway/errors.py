@@ -31,7 +31,8 @@ class DeliveryError(Exception):
     default = Reply(451, "4.3.0", "temporary failure")
 
     def __init__(self, text: str | None = None, reply: Reply | None = None) -> None:
-        self.reply = reply or Reply(self.default.code, self.default.status, text or self.default.text)
+        self.reply = reply or Reply(self.default.code, self.default.status,
+                                    text or self.default.text)
         super().__init__(str(self.reply))
 
 

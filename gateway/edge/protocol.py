@@ -27,7 +27,8 @@ class DsnParams:
 
     ret: str = ""
     envid: str = ""
-    rcpt: dict[str, tuple[tuple[str, ...], str]] = field(default_factory=dict)  # addr -> (notify, orcpt)
+    # address -> (NOTIFY, ORCPT)
+    rcpt: dict[str, tuple[tuple[str, ...], str]] = field(default_factory=dict)
 
 
 def take_params(arg: str, names: set[str]) -> tuple[str, dict[str, str]]:

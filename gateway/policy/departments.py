@@ -90,7 +90,8 @@ def _load_one(dep: DepartmentConfig, key_name: str, config_file: str,
     if dep.key_passphrase_env:
         value = os.environ.get(dep.key_passphrase_env)
         if value is None:
-            raise fail("key_passphrase_env", f"environment variable {dep.key_passphrase_env} is not set")
+            raise fail("key_passphrase_env",
+                       f"environment variable {dep.key_passphrase_env} is not set")
         passphrase = value.encode()
 
     if dep.key.suffix.lower() in (".p12", ".pfx"):

@@ -8,6 +8,7 @@ recipient waits retry_min, doubling up to retry_max.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -87,10 +88,8 @@ class Scheduler:
                 elif next_due is None or due < next_due:
                     next_due = due
             timeout = None if next_due is None else max(0.0, next_due - now)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
-            except TimeoutError:
-                pass
 
     async def _one(self, env: Envelope) -> None:
         try:

@@ -125,7 +125,8 @@ class CA:
         names = [x509.NameAttribute(NameOID.COMMON_NAME, common_name or email or "test")]
         if subject_email:
             names.append(x509.NameAttribute(NameOID.EMAIL_ADDRESS, subject_email))
-        alt: list[x509.GeneralName] = [x509.RFC822Name(e) for e in (emails or ([email] if email else []))]
+        addresses = emails or ([email] if email else [])
+        alt: list[x509.GeneralName] = [x509.RFC822Name(e) for e in addresses]
         alt += [x509.DNSName(d) for d in dns_names or []]
         alt += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips or []]
         builder = (
@@ -154,7 +155,8 @@ class CA:
     def revoke(self, issued: Issued, when: datetime | None = None) -> None:
         self.revoked.append((issued.cert.serial_number, when or NOW - timedelta(hours=1)))
 
-    def crl(self, next_update: datetime | None = None, last_update: datetime | None = None) -> bytes:
+    def crl(self, next_update: datetime | None = None,
+            last_update: datetime | None = None) -> bytes:
         """A DER CRL listing everything revoked so far."""
         builder = (
             x509.CertificateRevocationListBuilder()

@@ -1,0 +1,71 @@
+"""Command line: `send-sikkert serve | check | config check | queue ... | certs dev-init`.
+
+Parses arguments and calls into the app or the commands; exit codes as CONTRACT says.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from gateway import commands
+from gateway.config import ConfigError, config_path, load
+
+EXIT_USAGE = 2
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help="configuration file (default: $SEND_SIKKERT_CONFIG, "
+                             "else policies/gateway.toml)")
+    top = argparse.ArgumentParser(prog="send-sikkert", parents=[common],
+                                  description="Secure-mail gateway for Danish public bodies.")
+    sub = top.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", parents=[common], help="run the daemon in the foreground")
+
+    check = sub.add_parser("check", parents=[common], help="classify addresses")
+    check.add_argument("--json", action="store_true", help="print the /api/check JSON")
+    check.add_argument("addresses", nargs="+", metavar="ADDRESS")
+
+    config = sub.add_parser("config", parents=[common], help="configuration")
+    config_sub = config.add_subparsers(dest="action", required=True)
+    config_sub.add_parser("check", parents=[common], help="validate the configuration")
+
+    queue = sub.add_parser("queue", parents=[common], help="inspect and manage the queue")
+    queue_sub = queue.add_subparsers(dest="action", required=True)
+    q_list = queue_sub.add_parser("list", parents=[common], help="list queued messages")
+    q_list.add_argument("--json", action="store_true")
+    queue_sub.add_parser("show", parents=[common], help="show one message").add_argument("id")
+    queue_sub.add_parser("retry", parents=[common], help="retry now").add_argument(
+        "id", nargs="?")
+    queue_sub.add_parser("delete", parents=[common],
+                         help="drop a message (the sender gets a DSN)").add_argument("id")
+
+    certs = sub.add_parser("certs", parents=[common], help="certificates")
+    certs_sub = certs.add_subparsers(dest="action", required=True)
+    dev = certs_sub.add_parser("dev-init", parents=[common], help="write a development PKI")
+    dev.add_argument("--dir", metavar="DIR", help="output folder (default: certs/ beside "
+                                                   "the configuration's folder)")
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
+    try:
+        config = load(config_path(getattr(args, "config", None)))
+        return asyncio.run(commands.run(args, config))
+    except ConfigError as e:
+        print(f"send-sikkert: configuration error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""The HTTP API on `http.listen`: address check, health, readiness, metrics, queue admin.
+
+`/api/check` answers with the same classifier the daemon uses. The queue endpoints are
+for `send-sikkert queue` on the same host and answer loopback clients only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway.directory import DirectoryUnavailable
+from gateway.policy.address import InvalidAddress, normalise
+from gateway.spool import admin
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+GATEWAY = web.AppKey("gateway", object)
+
+
+def make_app(gateway: Gateway) -> web.Application:
+    app = web.Application()
+    app[GATEWAY] = gateway
+    app.router.add_get("/api/check", check)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", prometheus)
+    app.router.add_get("/api/queue", queue_list)
+    app.router.add_post("/api/queue/retry", queue_retry)
+    app.router.add_post("/api/queue/{id}/retry", queue_retry)
+    app.router.add_delete("/api/queue/{id}", queue_delete)
+    return app
+
+
+def _gateway(request: web.Request) -> Gateway:
+    return request.app[GATEWAY]  # type: ignore[return-value]
+
+
+async def check(request: web.Request) -> web.Response:
+    """Classify each `address` parameter, in request order."""
+    addresses = request.query.getall("address", [])
+    if not addresses:
+        return web.json_response({"error": "give at least one address parameter"}, status=400)
+    try:
+        for address in addresses:
+            normalise(address)
+    except InvalidAddress as e:
+        return web.json_response({"error": str(e)}, status=400)
+    classifier = _gateway(request).classifier
+    decisions = await asyncio.gather(*(classifier.classify(a) for a in addresses))
+    return web.json_response({"results": [d.as_json() for d in decisions]},
+                             dumps=_dumps)
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when the SEPO list is loaded, the spool writable and the directory reachable."""
+    gateway = _gateway(request)
+    reasons = []
+    if gateway.loaded.sepo is None:
+        reasons.append("SEPO list not loaded")
+    if not await asyncio.to_thread(gateway.spool.writable):
+        reasons.append(f"spool {gateway.spool.dir} is not writable")
+    directory = gateway.loaded.directory
+    if directory is not None:
+        try:
+            await directory.ping()
+        except DirectoryUnavailable as e:
+            reasons.append(f"certificate directory unreachable: {e}")
+    if reasons:
+        return web.json_response({"status": "not ready", "reasons": reasons}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+async def prometheus(request: web.Request) -> web.Response:
+    body = generate_latest()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _loopback_only(request: web.Request) -> None:
+    try:
+        if ipaddress.ip_address(request.remote or "").is_loopback:
+            return
+    except ValueError:
+        pass
+    raise web.HTTPForbidden(text="queue administration is for loopback clients only\n")
+
+
+async def queue_list(request: web.Request) -> web.Response:
+    _loopback_only(request)
+    scheduler = _gateway(request).scheduler
+    envelopes = list(scheduler.messages.values()) if scheduler else []
+    return web.json_response(admin.listing(envelopes), dumps=_dumps)
+
+
+async def queue_retry(request: web.Request) -> web.Response:
+    _loopback_only(request)
+    scheduler = _gateway(request).scheduler
+    queue_id = request.match_info.get("id")
+    if scheduler is None or not scheduler.retry(queue_id):
+        return web.json_response({"error": f"no message {queue_id}"}, status=404)
+    return web.json_response({"retry": queue_id or "all"})
+
+
+async def queue_delete(request: web.Request) -> web.Response:
+    _loopback_only(request)
+    gateway = _gateway(request)
+    queue_id = request.match_info["id"]
+    try:
+        found = await gateway.delete(queue_id)
+    except admin.Busy as e:
+        return web.json_response({"error": str(e)}, status=409)
+    if not found:
+        return web.json_response({"error": f"no message {queue_id}"}, status=404)
+    return web.json_response({"deleted": queue_id})

@@ -1,0 +1,212 @@
+"""Wiring: build the parts from the configuration, start them on one event loop, stop them.
+
+The SMTP listeners (aiosmtpd on `loop.create_server`), the scheduler with its delivery
+attempts and the HTTP API share the daemon's own loop. SIGHUP reloads the SEPO list,
+departments and directory; SIGTERM/SIGINT stop gracefully.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from gateway.api.http import make_app
+from gateway.config import Config, ConfigError
+from gateway.delivery import Router
+from gateway.directory.service import CertificateDirectory, open_directory
+from gateway.edge.handler import Handler
+from gateway.edge.protocol import GatewaySMTP
+from gateway.model import Envelope
+from gateway.observe import metrics
+from gateway.pipeline import Pipeline, Policy
+from gateway.policy.classify import Classifier
+from gateway.policy.departments import load_departments
+from gateway.policy.sepo import SepoList, load_sepo
+from gateway.spool import admin
+from gateway.spool.scheduler import Scheduler
+from gateway.spool.store import Spool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedPolicy:
+    """Everything SIGHUP reloads, loaded and checked before it replaces the old one."""
+
+    policy: Policy
+    sepo: SepoList
+    directory: CertificateDirectory | None
+
+
+async def load_policy(config: Config) -> LoadedPolicy:
+    """Read the SEPO list, departments and certificate directory; ConfigError when bad."""
+    sepo = load_sepo(config.sepo.list, config.path)
+    departments = await asyncio.to_thread(load_departments, config.departments,
+                                          str(config.path))
+    directory = open_directory(config.directory, config_file=config.path)
+    classifier = Classifier(config.organisation.internal_domains, sepo, directory)
+    return LoadedPolicy(Policy(classifier, departments), sepo, directory)
+
+
+def inbound_tls(config: Config) -> ssl.SSLContext | None:
+    tls = config.smtp.tls
+    if tls is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(tls.cert, tls.key)
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(config.path, "smtp.tls.cert", f"cannot load {tls.cert}: {e}") from None
+    return context
+
+
+class Gateway:
+    """The running daemon."""
+
+    def __init__(self, config: Config, loaded: LoadedPolicy) -> None:
+        self.config = config
+        self.loaded = loaded
+        self.spool = Spool(config.spool.dir)
+        self.transport = Router(hostname=config.smtp.hostname,
+                                nameservers=config.dns.nameservers,
+                                mx_port=config.routes.mx_port)
+        self.scheduler: Scheduler | None = None
+        self.pipeline: Pipeline | None = None
+        self.servers: list[asyncio.AbstractServer] = []
+        self.http: web.AppRunner | None = None
+        self._scheduler_task: asyncio.Task[None] | None = None
+        metrics.sepo_domains.set(len(loaded.sepo))
+
+    @property
+    def classifier(self) -> Classifier:
+        return self.loaded.policy.classifier
+
+    def enqueue(self, envelope: Envelope) -> None:
+        assert self.scheduler is not None
+        self.scheduler.add(envelope)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self.spool.prepare)
+        self.pipeline = Pipeline(self.config, self.spool, self.loaded.policy, self.transport,
+                                 self.enqueue)
+        self.scheduler = Scheduler(self.spool, self.pipeline.attempt, self.config.queue)
+        recovered = await asyncio.to_thread(self.spool.load_all)
+        for env in recovered:
+            self.scheduler.add(env)
+        if recovered:
+            log.info("picked up %d message(s) from the spool", len(recovered))
+        self._scheduler_task = loop.create_task(self.scheduler.run())
+        if self.loaded.directory is not None:
+            await self.loaded.directory.start()
+
+        handler = Handler(self.spool, self.config.smtp.relay_networks, self.config.tags,
+                          self.enqueue)
+        tls = inbound_tls(self.config)
+        smtp = self.config.smtp
+
+        def protocol() -> GatewaySMTP:
+            return GatewaySMTP(handler, hostname=smtp.hostname, ident="send-sikkert ESMTP",
+                               data_size_limit=smtp.max_message_size, enable_SMTPUTF8=True,
+                               decode_data=False, tls_context=tls,
+                               require_starttls=bool(smtp.tls and smtp.tls.require), loop=loop)
+
+        for listen in smtp.listen:
+            try:
+                server = await loop.create_server(protocol, listen.host, listen.port)
+            except OSError as e:
+                raise ConfigError(self.config.path, "smtp.listen",
+                                  f"cannot listen on {listen}: {e.strerror}") from None
+            self.servers.append(server)
+            log.info("SMTP listening on %s", listen)
+        if self.config.http.listen is not None:
+            self.http = web.AppRunner(make_app(self), access_log=None)
+            await self.http.setup()
+            site = web.TCPSite(self.http, self.config.http.listen.host,
+                               self.config.http.listen.port)
+            try:
+                await site.start()
+            except OSError as e:
+                raise ConfigError(self.config.path, "http.listen",
+                                  f"cannot listen on {self.config.http.listen}: {e.strerror}"
+                                  ) from None
+            log.info("HTTP listening on %s", self.config.http.listen)
+
+    async def delete(self, queue_id: str) -> bool:
+        """`queue delete`: drop a message and tell its sender; False for an unknown id."""
+        assert self.scheduler is not None
+        env = self.scheduler.messages.get(queue_id)
+        if env is None:
+            return False
+        if self.scheduler.busy(queue_id):
+            raise admin.Busy(f"{queue_id} is being delivered right now; try again")
+        self.scheduler.forget(queue_id)
+        dsn = await admin.delete(self.spool, self.config, env)
+        if dsn is not None:
+            self.enqueue(dsn)
+        return True
+
+    async def reload(self) -> None:
+        """SIGHUP: load the new policy beside the old one; keep the old one if it is bad."""
+        try:
+            loaded = await load_policy(self.config)
+        except ConfigError as e:
+            log.error("reload refused, keeping the running configuration: %s", e)
+            return
+        old = self.loaded
+        self.loaded = loaded
+        if self.pipeline is not None:
+            self.pipeline.policy = loaded.policy
+        if loaded.directory is not None:
+            await loaded.directory.start()
+        if old.directory is not None:
+            await old.directory.close()
+        metrics.sepo_domains.set(len(loaded.sepo))
+        log.info("reloaded: %d SEPO domain(s), %d department(s)", len(loaded.sepo),
+                 len(loaded.policy.departments))
+        if self.scheduler is not None:
+            self.scheduler.retry()
+
+    async def stop(self) -> None:
+        """Stop accepting, let attempts in flight finish, then close everything."""
+        for server in self.servers:
+            server.close()
+        if self.scheduler is not None:
+            await self.scheduler.stop()
+        if self._scheduler_task is not None:
+            await self._scheduler_task
+        if self.http is not None:
+            await self.http.cleanup()
+        if self.loaded.directory is not None:
+            await self.loaded.directory.close()
+        log.info("stopped")
+
+
+async def serve(config: Config) -> int:
+    """Run the daemon until SIGTERM or SIGINT; 0 on a clean stop."""
+    loaded = await load_policy(config)
+    gateway = Gateway(config, loaded)
+    await gateway.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    reloads: set[asyncio.Task[None]] = set()
+
+    def hup() -> None:
+        task = loop.create_task(gateway.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, hup)
+    log.info("send-sikkert ready")
+    await stop.wait()
+    log.info("stopping")
+    await gateway.stop()
+    return 0

@@ -1,0 +1,164 @@
+"""The non-daemon commands: check, config check, queue and certs dev-init.
+
+Each returns its exit status (CONTRACT "Command line"). Queue changes go through the
+running daemon's loopback API when it answers, else straight to the spool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway import app
+from gateway.config import Config
+from gateway.devpki import dev_init
+from gateway.model import RecipientClass
+from gateway.policy.address import InvalidAddress, normalise
+from gateway.spool import admin
+from gateway.spool.store import Spool
+
+EXIT_OK, EXIT_UNSAFE, EXIT_USAGE, EXIT_TEMPFAIL = 0, 1, 2, 75
+
+
+async def run(args: argparse.Namespace, config: Config) -> int:
+    if args.command == "serve":
+        return await app.serve(config)
+    if args.command == "check":
+        return await check(config, args.addresses, args.json)
+    if args.command == "config":
+        return await config_check(config)
+    if args.command == "certs":
+        out = Path(args.dir) if args.dir else config.path.parent.parent / "certs"
+        for path in await asyncio.to_thread(dev_init, config, out):
+            print(f"wrote {path}")
+        return EXIT_OK
+    return await queue(args, config)
+
+
+async def check(config: Config, addresses: list[str], as_json: bool) -> int:
+    """Classify addresses exactly as the daemon would."""
+    try:
+        for address in addresses:
+            normalise(address)
+    except InvalidAddress as e:
+        print(f"send-sikkert: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    loaded = await app.load_policy(config)
+    try:
+        decisions = await asyncio.gather(
+            *(loaded.policy.classifier.classify(a) for a in addresses))
+    finally:
+        if loaded.directory is not None:
+            await loaded.directory.close()
+    if as_json:
+        print(json.dumps({"results": [d.as_json() for d in decisions]}, ensure_ascii=False))
+    else:
+        for d in decisions:
+            print(f"{d.address}\t{d.cls}\t{d.cls.colour}\t{d.reason}")
+    classes = {d.cls for d in decisions}
+    if RecipientClass.UNSAFE in classes:
+        return EXIT_UNSAFE
+    if RecipientClass.UNKNOWN in classes:
+        return EXIT_TEMPFAIL
+    return EXIT_OK
+
+
+async def config_check(config: Config) -> int:
+    """Load everything the configuration names; print the effective configuration."""
+    loaded = await app.load_policy(config)
+    if loaded.directory is not None:
+        await loaded.directory.close()
+    app.inbound_tls(config)
+    print(json.dumps(_plain(config), indent=2, ensure_ascii=False))
+    print(f"configuration {config.path} is valid: {len(loaded.sepo)} SEPO domain(s), "
+          f"{len(loaded.policy.departments)} department(s)", file=sys.stderr)
+    return EXIT_OK
+
+
+def _plain(value: Any) -> Any:
+    if is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if hasattr(value, "pattern"):
+        return value.pattern
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
+
+async def queue(args: argparse.Namespace, config: Config) -> int:
+    spool = Spool(config.spool.dir)
+    if args.action == "list":
+        envelopes = await asyncio.to_thread(spool.load_all) if spool.dir.exists() else []
+        data = admin.listing(envelopes)
+        if args.json:
+            print(json.dumps(data, ensure_ascii=False))
+        else:
+            _print_listing(data)
+        return EXIT_OK
+    env = spool.read(args.id) if getattr(args, "id", None) else None
+    if getattr(args, "id", None) and env is None:
+        print(f"send-sikkert: no message {args.id} in the queue", file=sys.stderr)
+        return EXIT_UNSAFE
+    if args.action == "show":
+        assert env is not None
+        print(admin.describe(env))
+        return EXIT_OK
+    method, path = (("POST", f"/api/queue/{args.id}/retry" if args.id else "/api/queue/retry")
+                    if args.action == "retry" else ("DELETE", f"/api/queue/{args.id}"))
+    answer = await asyncio.to_thread(_ask_daemon, config, method, path)
+    if answer is None:  # no daemon: act on the spool directly
+        answer = await _offline(args.action, spool, config, env)
+    status, body = answer
+    print(body.get("error") or json.dumps(body), file=sys.stderr if status >= 300 else sys.stdout)
+    return EXIT_OK if status < 300 else EXIT_UNSAFE
+
+
+async def _offline(action: str, spool: Spool, config: Config, env: Any) -> tuple[int, dict]:
+    if action == "delete":
+        await admin.delete(spool, config, env)
+        return 200, {"deleted": env.id}
+    targets = [env] if env is not None else spool.load_all()
+    for target in targets:
+        for r in target.recipients:
+            if not r.state.final:
+                r.next_attempt = 0.0
+        await spool.update(target)
+    return 200, {"retry": env.id if env else "all", "note": "applies when the daemon starts"}
+
+
+def _ask_daemon(config: Config, method: str, path: str) -> tuple[int, dict] | None:
+    """Call the daemon's loopback queue API; None when no daemon answers."""
+    listen = config.http.listen
+    if listen is None:
+        return None
+    host = f"[{listen.host}]" if ":" in listen.host else listen.host
+    request = urllib.request.Request(f"http://{host}:{listen.port}{path}", method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return None
+
+
+def _print_listing(data: dict[str, Any]) -> None:
+    if not data["messages"]:
+        print("queue is empty")
+    for m in data["messages"]:
+        print(f"{m['id']}  <{m['sender']}>  age {m['age_seconds']:.0f}s  "
+              f"attempts {m['attempts']}")
+        for r in m["recipients"]:
+            print(f"    <{r['address']}> {r['state']} {r['class'] or ''} {r['last_error']}"
+                  .rstrip())

@@ -1,0 +1,264 @@
+"""One delivery attempt of one message: classify, transform, deliver, and bounce what failed.
+
+The scheduler calls `attempt` when recipients are due; this module decides for each of
+them what may be sent where and records the outcome on the recipient's state. It never
+retries by itself and never sends a tagged mail where the class is not safe: an unknown
+class or an unexpected error defers (fail closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from email.utils import getaddresses
+
+from cryptography import x509
+
+from gateway import rawmail
+from gateway.bounce.dsn import Failure
+from gateway.bounce.report import spool_dsn
+from gateway.config import Config
+from gateway.delivery import Rcpt, Route, TlsPolicy, Transport, parse_route
+from gateway.errors import Reply
+from gateway.model import Decision, Envelope, RecipientClass, RecipientState, State
+from gateway.observe import metrics
+from gateway.policy.address import InvalidAddress, domain_of
+from gateway.policy.classify import Classifier
+from gateway.policy.cpr import find_cpr
+from gateway.policy.departments import Department
+from gateway.policy.routing import Routing
+from gateway.policy.tags import read_tags, resolve_department, strip_tags
+from gateway.spool.store import Spool
+from gateway.transform.secure import protect
+
+log = logging.getLogger(__name__)
+
+OPPORTUNISTIC = TlsPolicy(level="may", ca_file=None, min_version="1.2")
+
+
+@dataclass
+class Policy:
+    """What SIGHUP reloads: the classifier (SEPO list, directory) and the departments."""
+
+    classifier: Classifier
+    departments: tuple[Department, ...]
+
+
+@dataclass
+class Job:
+    """One SMTP transaction (or file write): recipients sharing next hop and content."""
+
+    cls: RecipientClass
+    route: str
+    tls: TlsPolicy
+    recipients: list[RecipientState]
+    data: bytes = b""
+    certificates: list[x509.Certificate] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a whole tagged message is bounced before any recipient is classified."""
+
+    kind: str
+    text: str
+
+
+class Pipeline:
+    """Carries out delivery attempts; the scheduler decides when."""
+
+    def __init__(self, config: Config, spool: Spool, policy: Policy, transport: Transport,
+                 enqueue: Callable[[Envelope], None],
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.spool = spool
+        self.policy = policy
+        self.transport = transport
+        self.enqueue = enqueue
+        self.clock = clock
+        self.routing = Routing(config.routes, config.organisation.internal_domains)
+        self.tunnel_tls = TlsPolicy(level="verify", ca_file=config.sepo.ca_file,
+                                    min_version=config.sepo.min_tls)
+
+    async def attempt(self, env: Envelope) -> None:
+        """Try every due recipient of one message once and record what happened."""
+        now = self.clock()
+        due = [r for r in env.recipients if not r.state.final and r.next_attempt <= now]
+        if not due:
+            return
+        data = await self.spool.body(env.id)
+        fields, _ = rawmail.split(data)
+        tagging = read_tags(fields, self.config.tags)
+        failures: list[Failure] = []
+        if not tagging.tagged:
+            jobs = self._plain_jobs(due, strip_tags(data, self.config.tags))
+        else:
+            policy = self.policy
+            department = resolve_department(tagging, env.sender, policy.departments)
+            refusal = self._refusal(department, env.sender, tagging.subject)
+            if refusal is not None:
+                for r in due:
+                    r.cls = str(RecipientClass.UNSAFE)
+                    failures.append(self._bounce(r, "5.7.1", refusal.text, refusal.kind))
+                jobs = []
+            else:
+                assert department is not None
+                jobs = await self._secure_jobs(env, due, data, fields, department, policy,
+                                               failures)
+        await asyncio.gather(*(self._deliver(env, job, failures) for job in jobs))
+        self._age_checks(env, failures)
+        await self._report(env, data, failures)
+        for r in due:
+            env.history.append({"time": round(now, 3), "address": r.address,
+                                "state": str(r.state), "class": r.cls,
+                                "detail": r.last_error or r.diagnostic})
+
+    def _refusal(self, department: Department | None, sender: str,
+                 subject: str) -> Refusal | None:
+        if department is None:
+            return Refusal("no_department", "the mail is marked for secure sending, but no "
+                                            "department could be found for it")
+        if not department.allows(sender):
+            return Refusal("sender_not_allowed", f"<{sender}> may not send secure mail through "
+                                                 f"the department {department.id}")
+        if find_cpr(subject):
+            return Refusal("cpr_in_subject", "the subject holds what looks like a CPR number, "
+                                             "and the subject is never encrypted")
+        return None
+
+    def _plain_jobs(self, due: list[RecipientState], data: bytes) -> list[Job]:
+        groups: dict[str, Job] = {}
+        for r in due:
+            r.cls = str(RecipientClass.PLAIN)
+            route = self.routing.route_for(domain_of(r.address))
+            groups.setdefault(route, Job(RecipientClass.PLAIN, route, OPPORTUNISTIC, [], data))
+            groups[route].recipients.append(r)
+        return list(groups.values())
+
+    async def _secure_jobs(self, env: Envelope, due: list[RecipientState], data: bytes,
+                           fields: list[rawmail.Field], department: Department,
+                           policy: Policy, failures: list[Failure]) -> list[Job]:
+        decisions = await asyncio.gather(*(self._classify(policy, r.address) for r in due))
+        stripped = strip_tags(data, self.config.tags)
+        visible = _visible_recipients(fields)
+        jobs: dict[tuple[str, str, str], Job] = {}
+        for r, decision in zip(due, decisions, strict=True):
+            r.cls = str(decision.cls)
+            if decision.cls == RecipientClass.UNSAFE:
+                failures.append(self._bounce(r, "5.7.1", decision.reason, "unsafe"))
+                continue
+            if decision.cls == RecipientClass.UNKNOWN:
+                self._defer(r, Reply(451, "4.4.3", decision.reason))
+                continue
+            route = (self.config.routes.internal if decision.cls == RecipientClass.INTERNAL
+                     else self.routing.route_for(domain_of(r.address)))
+            tls = self.tunnel_tls if decision.cls == RecipientClass.TUNNEL else OPPORTUNISTIC
+            # Bcc recipients of S/MIME mail get a copy encrypted for them alone.
+            bcc = decision.cls == RecipientClass.SMIME and r.address.lower() not in visible
+            share = r.address if bcc else ""
+            key = (str(decision.cls), route, share)
+            job = jobs.setdefault(key, Job(decision.cls, route, tls, [], stripped))
+            job.recipients.append(r)
+            if decision.certificate_der:
+                job.certificates.append(x509.load_der_x509_certificate(decision.certificate_der))
+        ready = []
+        for job in jobs.values():
+            if job.cls == RecipientClass.SMIME:
+                try:
+                    job.data = await asyncio.to_thread(protect, stripped, department,
+                                                       job.certificates)
+                except Exception as e:  # a bug or bad input must never send it unprotected
+                    log.exception("%s: S/MIME protection failed", env.id)
+                    for r in job.recipients:
+                        self._defer(r, Reply(451, "4.7.0", f"could not sign and encrypt: {e}"))
+                    continue
+            ready.append(job)
+        return ready
+
+    async def _classify(self, policy: Policy, address: str) -> Decision:
+        try:
+            return await policy.classifier.classify(address)
+        except InvalidAddress as e:
+            return Decision(address, RecipientClass.UNSAFE, str(e))
+
+    async def _deliver(self, env: Envelope, job: Job, failures: list[Failure]) -> None:
+        started = time.perf_counter()
+        route: Route = parse_route(job.route)
+        label = "plain" if job.cls == RecipientClass.PLAIN else str(job.cls)
+        rcpts = [Rcpt(r.address, r.notify, r.orcpt) for r in job.recipients]
+        result = await self.transport.deliver(
+            route, domain_of(job.recipients[0].address), env.sender, rcpts, job.data, job.tls,
+            queue_id=env.id, ret=env.ret, envid=env.envid, smtputf8=env.smtputf8)
+        metrics.delivery_seconds.labels(route=label).observe(time.perf_counter() - started)
+        if result.tls_failure:
+            metrics.tls_failures.labels(route=label).inc()
+        for r in job.recipients:
+            reply = result.replies.get(r.address) or Reply(451, "4.3.0", "no reply recorded")
+            if reply.code < 300:
+                r.state, r.last_error, r.status = State.DELIVERED, "", "2.0.0"
+                r.attempts += 1
+                r.diagnostic = f"smtp; {reply}"
+                metrics.recipients.labels(**{"class": label, "outcome": "delivered"}).inc()
+                log.info("%s: delivered to <%s> via %s (%s)", env.id, r.address, job.route,
+                         label)
+            elif reply.permanent:
+                failures.append(self._bounce(r, reply.status, str(reply), "rejected",
+                                             diagnostic=f"smtp; {reply}"))
+            else:
+                self._defer(r, reply)
+
+    def _defer(self, r: RecipientState, reply: Reply) -> None:
+        r.state, r.last_error, r.status = State.DEFERRED, str(reply), reply.status
+        r.attempts += 1
+        label = r.cls or "plain"
+        metrics.recipients.labels(**{"class": label, "outcome": "deferred"}).inc()
+        log.info("deferred <%s>: %s", r.address, reply)
+
+    def _bounce(self, r: RecipientState, status: str, reason: str, kind: str,
+                diagnostic: str = "") -> Failure:
+        r.state, r.status, r.last_error = State.BOUNCED, status, reason
+        r.attempts += 1
+        r.diagnostic = diagnostic or f"x-send-sikkert; {reason}"
+        metrics.recipients.labels(**{"class": r.cls or "plain", "outcome": "bounced"}).inc()
+        log.info("bounced <%s> (%s): %s", r.address, kind, reason)
+        return Failure(address=r.address, orcpt=r.orcpt, action="failed", status=status,
+                       diagnostic=r.diagnostic, kind=kind)
+
+    def _age_checks(self, env: Envelope, failures: list[Failure]) -> None:
+        """Deferred too long: one delayed DSN at delay_warning, a failed DSN at max_age."""
+        age = self.clock() - env.received
+        queue = self.config.queue
+        for r in env.recipients:
+            if r.state != State.DEFERRED:
+                continue
+            if age >= queue.max_age:
+                status = r.status if r.status.startswith("4.") else "4.4.7"
+                failures.append(self._bounce(
+                    r, "5" + status[1:], f"could not be delivered in {queue.max_age:.0f} s; "
+                                         f"last error: {r.last_error}", "expired"))
+            elif age >= queue.delay_warning and not r.delay_warned:
+                r.delay_warned = True
+                failures.append(Failure(address=r.address, orcpt=r.orcpt, action="delayed",
+                                        status=r.status or "4.0.0",
+                                        diagnostic=f"x-send-sikkert; {r.last_error}",
+                                        kind="delayed"))
+
+    async def _report(self, env: Envelope, data: bytes, failures: Sequence[Failure]) -> None:
+        """Queue one DSN per action for the recipients that asked for one (RFC 3461 NOTIFY)."""
+        by_address = {r.address: r for r in env.recipients}
+        for action, wanted in (("failed", "FAILURE"), ("delayed", "DELAY")):
+            chosen = [f for f in failures
+                      if f.action == action and by_address[f.address].wants(wanted)]
+            if chosen:
+                dsn = await spool_dsn(self.spool, self.config, env, data, chosen)
+                if dsn is not None:
+                    self.enqueue(dsn)
+
+
+def _visible_recipients(fields: list[rawmail.Field]) -> set[str]:
+    """Addresses named in To and Cc; every other envelope recipient is a Bcc."""
+    values = [f.value for f in fields if f.name.lower() in ("to", "cc")]
+    return {addr.lower() for _, addr in getaddresses(values) if addr}

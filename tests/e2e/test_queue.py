@@ -1,0 +1,120 @@
+"""The queue across restarts and crashes, and the queue commands."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+from tests.support.daemon import Daemon, GatewayConfig
+from tests.support.sink import free_port
+from tests.support.pki import rsa_key
+
+MESSAGE = (b"From: Signe <signo@brondby.dk>\r\nTo: hm@hotmail.dk\r\nSubject: hej\r\n"
+           b"Message-ID: <q@brondby.dk>\r\n\r\nhej\r\n")
+
+
+def start(config: GatewayConfig, daemons: list[Daemon]) -> Daemon:
+    daemon = Daemon(config)
+    daemons.append(daemon)
+    return daemon.start()
+
+
+def wait_deferred(gateway: Daemon, timeout: float = 15) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        listing = json.loads(gateway.cli("queue", "list", "--json", check=True).stdout)
+        for m in listing["messages"]:
+            if all(r["state"] == "deferred" for r in m["recipients"]):
+                return m
+        time.sleep(0.1)
+    raise AssertionError(gateway.logs())
+
+
+def test_deferred_mail_survives_restart_and_crash(config: GatewayConfig, daemons):
+    config.default_route = f"smtp://127.0.0.1:{free_port()}"  # nothing listens: deferred
+    gateway = start(config, daemons)
+    queue_id = gateway.send("signo@brondby.dk", ["hm@hotmail.dk"], MESSAGE)
+    message = wait_deferred(gateway)
+    assert message["id"] == queue_id and message["attempts"] >= 1
+    assert message["recipients"][0]["class"] == "plain"
+    assert "4." in message["recipients"][0]["last_error"]
+    assert gateway.stop() == 0
+
+    crashed = start(config, daemons)  # picks the message up again, then dies hard
+    crashed.send("signo@brondby.dk", ["hm@hotmail.dk"], MESSAGE)
+    crashed.stop(signal.SIGKILL)
+    assert len(list(config.spool.glob("*.json"))) == 2
+
+    config.default_route = ""  # now the outbox: both go out without anyone acting
+    healed = start(config, daemons)
+    files = healed.wait_outbox(2)
+    assert {f.name.split(".")[0] for f in files} >= {queue_id}
+    healed.wait_queue_empty()
+
+
+def test_queue_show_retry_and_delete(config: GatewayConfig, daemons):
+    config.default_route = f"smtp://127.0.0.1:{free_port()}"
+    config.retry_min = config.retry_max = 3600  # only `retry` makes it try again
+    gateway = start(config, daemons)
+    queue_id = gateway.send("signo@brondby.dk", ["hm@hotmail.dk"], MESSAGE)
+    wait_deferred(gateway)
+
+    shown = gateway.cli("queue", "show", queue_id)
+    assert shown.returncode == 0
+    assert "<signo@brondby.dk>" in shown.stdout and "hm@hotmail.dk" in shown.stdout
+    assert gateway.cli("queue", "show", "NOSUCHID").returncode == 1
+
+    before = json.loads(gateway.cli("queue", "list", "--json").stdout)["messages"][0]
+    assert gateway.cli("queue", "retry", queue_id).returncode == 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        after = json.loads(gateway.cli("queue", "list", "--json").stdout)["messages"][0]
+        if after["attempts"] > before["attempts"]:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("retry did not cause another attempt")
+
+    assert gateway.cli("queue", "delete", "NOSUCHID").returncode == 1
+    assert gateway.cli("queue", "delete", queue_id).returncode == 0
+    # The sender is told; the DSN is internal mail, so it lands in the outbox.
+    [dsn] = gateway.wait_outbox(1)
+    assert b"multipart/report" in dsn.read_bytes() and b"X-Envelope-To: signo@brondby.dk" \
+        in dsn.read_bytes()
+    gateway.wait_queue_empty()
+    assert json.loads(gateway.cli("queue", "list", "--json").stdout) == {"messages": []}
+
+
+def test_queue_commands_without_daemon(config: GatewayConfig, daemons):
+    config.default_route = f"smtp://127.0.0.1:{free_port()}"
+    gateway = start(config, daemons)
+    queue_id = gateway.send("signo@brondby.dk", ["hm@hotmail.dk"], MESSAGE)
+    wait_deferred(gateway)
+    gateway.stop()
+    assert gateway.cli("queue", "retry").returncode == 0
+    assert gateway.cli("queue", "delete", queue_id).returncode == 0
+    listing = json.loads(gateway.cli("queue", "list", "--json").stdout)
+    # Only the DSN to the sender is left, waiting for the daemon to deliver it.
+    assert [m["sender"] for m in listing["messages"]] == [""]
+
+
+def test_serve_with_bad_configuration_exits_2_with_one_line(config: GatewayConfig):
+    config.write()
+    config.path.write_text(config.path.read_text().replace('min_tls = "1.2"',
+                                                           'min_tls = "1.1"'))
+    gateway = Daemon(config)
+    result = gateway.cli("serve")
+    assert result.returncode == 2
+    line = result.stderr.strip()
+    assert "\n" not in line
+    assert str(config.path) in line and "sepo.min_tls" in line
+
+
+def test_department_key_mismatch_stops_start(config: GatewayConfig, ca):
+    other = ca.issue("someone@brondby.dk", key=rsa_key(fresh=True))
+    (config.certs / "aeldreomsorg.key").write_bytes(other.key_pem)
+    config.write()
+    result = Daemon(config).cli("config", "check")
+    assert result.returncode == 2
+    assert "departments[0].key" in result.stderr and "does not match" in result.stderr

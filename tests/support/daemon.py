@@ -1,0 +1,267 @@
+"""Run the real gateway as a subprocess through its console script, on loopback ports.
+
+`GatewayConfig` writes a complete configuration (with a department identity from the
+test PKI); `Daemon` starts `send-sikkert serve`, waits until SMTP and HTTP answer, sends
+with smtplib and stops with SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.support.pki import CA
+from tests.support.sink import free_port
+
+SCRIPT = str(Path(sys.executable).with_name("send-sikkert"))
+
+
+def toml_list(items: list[str]) -> str:
+    return "[" + ", ".join(json.dumps(i) for i in items) + "]"
+
+
+@dataclass
+class GatewayConfig:
+    """Everything a test may vary; `write()` turns it into gateway.toml in `root`."""
+
+    root: Path
+    ca: CA
+    smtp_port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)
+    relay_networks: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    max_message_size: int = 1_000_000
+    smtp_tls: str = ""  # a [smtp.tls] table, e.g. 'cert = "..."\nkey = "..."'
+    internal_route: str = ""
+    default_route: str = ""
+    transport: dict[str, str] = field(default_factory=dict)
+    mx_port: int = 25
+    nameservers: list[str] = field(default_factory=list)
+    sepo: list[str] = field(default_factory=lambda: ["ast.dk"])
+    sepo_ca_file: str = ""
+    min_tls: str = "1.2"
+    retry_min: float = 1
+    retry_max: float = 2
+    delay_warning: float = 3600
+    max_age: float = 7200
+    directory: str = ""  # a whole [directory] table; "" writes a files directory
+    extra: str = ""  # appended verbatim
+    departments: str = ""  # "" writes the aeldreomsorg department
+
+    def __post_init__(self) -> None:
+        self.outbox = self.root / "outbox"
+        self.spool = self.root / "spool"
+        self.certs = self.root / "certs"
+        for d in (self.certs / "directory", self.certs / "trust"):
+            d.mkdir(parents=True, exist_ok=True)
+        (self.certs / "trust" / "ca.pem").write_bytes(self.ca.pem)
+        self.department = self.ca.issue("aeldreomsorg@brondby.dk")
+        self.department.write(self.certs / "aeldreomsorg.pem", self.certs / "aeldreomsorg.key")
+
+    @property
+    def path(self) -> Path:
+        return self.root / "gateway.toml"
+
+    def write(self) -> Path:
+        internal = self.internal_route or f"file:{self.outbox}"
+        default = self.default_route or f"file:{self.outbox}"
+        transport = "\n".join(f'"{d}" = "{r}"' for d, r in self.transport.items())
+        (self.root / "sepo.txt").write_text("\n".join(self.sepo) + "\n")
+        directory = self.directory or f"""[directory]
+backend = "files"
+path = "{self.certs / 'directory'}"
+trust_anchors = ["{self.certs / 'trust'}/*.pem"]
+"""
+        departments = self.departments or f"""[[departments]]
+id = "aeldreomsorg"
+name = "Ældre og Omsorg"
+mailbox = "aeldreomsorg@brondby.dk"
+cert = "{self.certs / 'aeldreomsorg.pem'}"
+key = "{self.certs / 'aeldreomsorg.key'}"
+stamp = "Sendt sikkert via Ældre og Omsorg"
+senders = ["*@brondby.dk"]
+default_for = ["*@brondby.dk"]
+"""
+        self.path.write_text(f"""
+[smtp]
+listen = ["127.0.0.1:{self.smtp_port}"]
+hostname = "sikkermail.brondby.example"
+relay_networks = {toml_list(self.relay_networks)}
+max_message_size = {self.max_message_size}
+{"[smtp.tls]" if self.smtp_tls else ""}
+{self.smtp_tls}
+
+[http]
+listen = "127.0.0.1:{self.http_port}"
+
+[spool]
+dir = "{self.spool}"
+
+[queue]
+retry_min = {self.retry_min}
+retry_max = {self.retry_max}
+delay_warning = {self.delay_warning}
+max_age = {self.max_age}
+
+[organisation]
+name = "Brøndby Kommune"
+internal_domains = ["brondby.dk"]
+
+[routes]
+internal = "{internal}"
+default = "{default}"
+mx_port = {self.mx_port}
+[routes.transport]
+{transport}
+
+[dns]
+nameservers = {toml_list(self.nameservers)}
+
+[tags]
+header = "X-Send-Sikkert"
+subject = '(?P<keyword>[A-Za-z0-9._-]+)%%'
+
+[sepo]
+list = "sepo.txt"
+ca_file = "{self.sepo_ca_file}"
+min_tls = "{self.min_tls}"
+
+{directory}
+{departments}
+{self.extra}
+""", encoding="utf-8")
+        return self.path
+
+
+class Daemon:
+    """One `send-sikkert serve` process."""
+
+    def __init__(self, config: GatewayConfig, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = config.root / "gateway.log"
+
+    def start(self, timeout: float = 20) -> Daemon:
+        self.config.write()
+        with open(self.log, "ab") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen([SCRIPT, "--config", str(self.config.path), "serve"],
+                                         stdout=subprocess.DEVNULL, stderr=log, env=self.env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited {self.proc.returncode}:\n{self.logs()}")
+            try:
+                if self.http("/healthz")[0] == 200:
+                    with socket.create_connection(("127.0.0.1", self.config.smtp_port), 1):
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"gateway did not start:\n{self.logs()}")
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def smtp(self) -> smtplib.SMTP:
+        client = smtplib.SMTP("127.0.0.1", self.config.smtp_port, timeout=30)
+        client.ehlo("exchange.brondby.dk")
+        return client
+
+    def send(self, sender: str, recipients: list[str], data: bytes,
+             mail_options: tuple[str, ...] = (), rcpt_options: tuple[str, ...] = ()) -> str:
+        """Send one message; return the queue id from the 250 reply."""
+        with self.smtp() as client:
+            code, reply = client.mail(sender, list(mail_options))
+            assert code == 250, reply
+            for r in recipients:
+                code, reply = client.rcpt(r, list(rcpt_options))
+                assert code == 250, (r, code, reply)
+            code, reply = client.data(data)
+            assert code == 250, reply
+        return reply.decode().rsplit(" ", 1)[-1]
+
+    def http(self, path: str, method: str = "GET") -> tuple[int, dict]:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.config.http_port}{path}",
+                                         method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                body = response.read()
+                status = response.status
+        except urllib.error.HTTPError as e:
+            body, status = e.read(), e.code
+        try:
+            return status, json.loads(body)
+        except ValueError:
+            return status, {"text": body.decode(errors="replace")}
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.config.http_port}/metrics", timeout=10) as response:
+            return response.read().decode()
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The value of one sample, 0 when it is not exported yet."""
+        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        for line in self.metrics().splitlines():
+            if line.startswith("#"):
+                continue
+            sample, _, value = line.rpartition(" ")
+            sample_name, _, label_text = sample.partition("{")
+            got = ",".join(sorted(label_text.rstrip("}").split(","))) if label_text else ""
+            if sample_name == name and got == want:
+                return float(value)
+        return 0.0
+
+    def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([SCRIPT, "--config", str(self.config.path), *args],
+                              capture_output=True, text=True, env=self.env, check=check,
+                              timeout=60)
+
+    def outbox(self) -> list[Path]:
+        if not self.config.outbox.exists():
+            return []
+        return sorted(self.config.outbox.glob("*.eml"))
+
+    def wait_outbox(self, count: int, timeout: float = 20) -> list[Path]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            files = self.outbox()
+            if len(files) >= count:
+                time.sleep(0.1)  # let a batch that is being written finish
+                return self.outbox()
+            time.sleep(0.05)
+        raise AssertionError(f"expected {count} file(s) in the outbox, got {self.outbox()}:\n"
+                             f"{self.logs()[-4000:]}")
+
+    def wait_queue_empty(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not list(self.config.spool.glob("*.json")):
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"queue not empty:\n{self.logs()[-4000:]}")
