@@ -66,7 +66,7 @@ _DANISH = _Language(
     delayed="Din mail er endnu ikke afleveret til:",
     why="Hvorfor",
     todo="Det kan du gøre",
-    detail="svar",
+    detail="årsag",
     footer="Mailens kø-id er {queue_id}. Den blev modtaget {arrival}.",
     kinds={
         "unsafe": _Text(
@@ -120,7 +120,7 @@ _ENGLISH = _Language(
     delayed="Your message has not yet been delivered to:",
     why="Why",
     todo="What you can do",
-    detail="reply",
+    detail="reason",
     footer="The message's queue id is {queue_id}. It was received {arrival}.",
     kinds={
         "unsafe": _Text(
@@ -170,7 +170,7 @@ _ENGLISH = _Language(
 )
 
 # Kinds whose diagnostic tells the sender something the general text does not.
-_DETAILED = ("rejected", "expired", "delayed", "protect_failed")
+_DETAILED = ("unsafe", "rejected", "expired", "delayed", "protect_failed")
 
 _SUBJECTS = {
     "unsafe": "Ikke afleveret: sikker mail er ikke mulig / Undeliverable: secure mail not possible",

@@ -7,8 +7,8 @@ import signal
 import time
 
 from tests.support.daemon import Daemon, GatewayConfig
-from tests.support.sink import free_port
 from tests.support.pki import rsa_key
+from tests.support.sink import free_port
 
 MESSAGE = (b"From: Signe <signo@brondby.dk>\r\nTo: hm@hotmail.dk\r\nSubject: hej\r\n"
            b"Message-ID: <q@brondby.dk>\r\n\r\nhej\r\n")

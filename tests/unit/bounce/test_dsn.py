@@ -151,8 +151,8 @@ def test_rejected_names_the_server_reply() -> None:
     msg = parse(build([Failure("lone@gmail.example", "", "failed", "5.1.1",
                                "smtp; 550 5.1.1 no such user", "rejected")]))
     text = text_of(msg)
-    assert "svar: 550 5.1.1 no such user" in text
-    assert "reply: 550 5.1.1 no such user" in text
+    assert "årsag: 550 5.1.1 no such user" in text
+    assert "reason: 550 5.1.1 no such user" in text
     assert msg.get_payload()[1].get_payload()[1]["Diagnostic-Code"] == \
         "smtp; 550 5.1.1 no such user"
 
