@@ -1,0 +1,92 @@
+"""The README's demo: `certs dev-init`, then `send-sikkert serve` with no arguments from the
+repository root, a tagged mail in, and the outcome in the `file:` outbox and in a DSN."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import os
+import shutil
+import signal
+import smtplib
+import subprocess
+import time
+import tomllib
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import sample
+from tests.support.daemon import SCRIPT
+
+ROOT = Path(__file__).parents[2]
+
+
+def demo_ports() -> tuple[int, int]:
+    config = tomllib.loads((ROOT / "policies" / "gateway.toml").read_text(encoding="utf-8"))
+    smtp_port = int(config["smtp"]["listen"][0].rsplit(":", 1)[1])
+    return smtp_port, int(config["http"]["listen"].rsplit(":", 1)[1])
+
+
+@pytest.fixture
+def checkout(tmp_path: Path) -> Path:
+    """A copy of the repository's demo parts, so the test never touches the real var/."""
+    shutil.copytree(ROOT / "policies", tmp_path / "policies")
+    return tmp_path
+
+
+def wait_http(port: int, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1)
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(log.read_text())
+
+
+def test_demo_runs_from_the_repository_root(checkout: Path):
+    env = {k: v for k, v in os.environ.items() if k != "SEND_SIKKERT_CONFIG"}
+    init = subprocess.run([SCRIPT, "certs", "dev-init"], cwd=checkout, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert init.returncode == 0, init.stderr
+    assert (checkout / "certs" / "dev" / "aeldreomsorg.pem").exists()
+
+    smtp_port, http_port = demo_ports()
+    log = checkout / "serve.log"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([SCRIPT, "serve"], cwd=checkout, env=env, stderr=err)
+    try:
+        wait_http(http_port, proc, log)
+        with smtplib.SMTP("127.0.0.1", smtp_port, timeout=30) as client:
+            client.sendmail("lela@brondby.dk", ["olelsen@dhl.dk", "hm@hotmail.dk"],
+                            sample("03-cpr-and-health-tagged.eml").replace(b", bolig 127", b""))
+        outbox = checkout / "var" / "outbox"
+        deadline = time.monotonic() + 20
+        while len(list(outbox.glob("*.eml"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        files = sorted(outbox.glob("*.eml"))
+        assert len(files) == 2, log.read_text()
+        messages = [email.message_from_bytes(f.read_bytes(), policy=email.policy.default)
+                    for f in files]
+        kinds = sorted(m.get_content_type() for m in messages)
+        assert kinds == ["application/pkcs7-mime", "multipart/report"]
+        encrypted = files[[m.get_content_type() for m in messages].index(
+            "application/pkcs7-mime")]
+        certs = checkout / "certs"
+        signed = subprocess.run(
+            ["openssl", "cms", "-decrypt", "-recip", str(next(
+                (certs / "directory").glob("olelsen*.pem"))),
+             "-inkey", str(certs / "dev" / "recipients" / "olelsen@dhl.dk.key")],
+            input=encrypted.read_bytes(), capture_output=True, check=True).stdout
+        content = subprocess.run(["openssl", "cms", "-verify", "-CAfile",
+                                  str(certs / "dev" / "ca.pem")],
+                                 input=signed, capture_output=True, check=True).stdout
+        assert content.decode().count("Sendt sikkert via Ældre og Omsorg") == 1
+        assert "220910-1234" in content.decode()  # the body is there, for the recipient
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
