@@ -43,11 +43,16 @@ class LoadedPolicy:
     directory: CertificateDirectory | None
 
 
-async def load_policy(config: Config) -> LoadedPolicy:
-    """Read the SEPO list, departments and certificate directory; ConfigError when bad."""
+async def load_policy(config: Config, with_departments: bool = True) -> LoadedPolicy:
+    """Read the SEPO list, departments and certificate directory; ConfigError when bad.
+
+    `check` classifies without the departments, so it runs without access to their keys.
+    """
     sepo = load_sepo(config.sepo.list, config.path)
-    departments = await asyncio.to_thread(load_departments, config.departments,
-                                          str(config.path))
+    departments = ()
+    if with_departments:
+        departments = await asyncio.to_thread(load_departments, config.departments,
+                                              str(config.path))
     directory = open_directory(config.directory, config_file=config.path)
     classifier = Classifier(config.organisation.internal_domains, sepo, directory)
     return LoadedPolicy(Policy(classifier, departments), sepo, directory)

@@ -50,7 +50,7 @@ async def check(config: Config, addresses: list[str], as_json: bool) -> int:
     except InvalidAddress as e:
         print(f"send-sikkert: {e}", file=sys.stderr)
         return EXIT_USAGE
-    loaded = await app.load_policy(config)
+    loaded = await app.load_policy(config, with_departments=False)
     try:
         decisions = await asyncio.gather(
             *(loaded.policy.classifier.classify(a) for a in addresses))
