@@ -41,15 +41,14 @@ class GroupSync:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._next: asyncio.Future[None] | None = None
-        self._running = False
+        self._running: asyncio.Task[None] | None = None
 
     async def sync(self) -> None:
         if self._next is None:
             self._next = asyncio.get_running_loop().create_future()
         waiter = self._next
-        if not self._running:
-            self._running = True
-            asyncio.get_running_loop().create_task(self._rounds())
+        if self._running is None:
+            self._running = asyncio.get_running_loop().create_task(self._rounds())
         await waiter
 
     async def _rounds(self) -> None:
@@ -63,7 +62,7 @@ class GroupSync:
                 else:
                     batch.set_result(None)
         finally:
-            self._running = False
+            self._running = None
 
 
 def _fsync_dir(path: Path) -> None:
