@@ -38,16 +38,24 @@ def split(data: bytes) -> tuple[list[Field], bytes]:
     """Header fields and the rest (the blank line and the body), untouched."""
     m = _END_OF_HEADERS.search(data)
     head, rest = (data[: m.start()], data[m.start():]) if m else (data, b"")
+    fields = parse_fields(head)
+    if fields and not fields[-1].raw.endswith(b"\n"):
+        fields[-1].raw += b"\r\n"
+    return fields, rest
+
+
+def parse_fields(head: bytes) -> list[Field]:
+    """Each field of a header block with its continuation lines.
+
+    A line that is neither a field nor a continuation cannot be parsed and is dropped.
+    """
     fields: list[Field] = []
     for line in head.splitlines(keepends=True):
         if line[:1] in (b" ", b"\t") and fields:
             fields[-1].raw += line
         elif b":" in line:
             fields.append(Field(line.split(b":", 1)[0].decode("ascii", "replace").strip(), line))
-        # a line that is neither a field nor a continuation is dropped: it cannot be parsed
-    if fields and not fields[-1].raw.endswith(b"\n"):
-        fields[-1].raw += b"\r\n"
-    return fields, rest
+    return fields
 
 
 def join(fields: list[Field], rest: bytes) -> bytes:

@@ -35,15 +35,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 from gateway.config import ConfigError, DirectoryConfig
 from gateway.directory import DirectoryUnavailable
 from gateway.directory.cache import LookupCache
+from gateway.policy.address import normalise
 
 # RFC 5321 §4.1.2 Mailbox (RFC 6531: UTF-8 allowed), with the §4.5.3.1 size limits.
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]"
-_DOT_STRING = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
-_QUOTED_STRING = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e\u0080-\U0010ffff]|\\[\x20-\x7e])*"'
-_LET_DIG = r"[A-Za-z0-9\u0080-\U0010ffff]"
-_LABEL = rf"{_LET_DIG}(?:[A-Za-z0-9\-\u0080-\U0010ffff]*{_LET_DIG})?"
-_MAILBOX = re.compile(
-    rf"(?P<local>{_DOT_STRING}|{_QUOTED_STRING})@(?P<domain>{_LABEL}(?:\.{_LABEL})*)")
 _FILTER_SPECIALS = frozenset("\\*()\0")
 
 # While the server is silent, poll again at least this often (see _Connection).
@@ -51,23 +45,6 @@ _MAX_POLL_INTERVAL = 0.1
 # How long a connect that its lookup gave up on may still finish in the background.
 _REAP_AFTER = 60.0
 _REAPERS: set[asyncio.Task[None]] = set()  # running reapers, referenced until they end
-
-
-def check_address(address: str) -> str:
-    """The address unchanged if it is an RFC 5321 mailbox (UTF-8 allowed); else ValueError.
-
-    Only a quoted local part may hold spaces; nothing may hold control characters or other
-    whitespace, and an @, a non-empty local part and a domain of non-empty labels are needed.
-    """
-    m = _MAILBOX.fullmatch(address)
-    if m is None or not address.isprintable():
-        raise ValueError(f"not a valid e-mail address: {address!r}")
-    domain = m["domain"]
-    if len(m["local"].encode()) > 64 or len(domain.encode()) > 255 or len(address.encode()) > 254:
-        raise ValueError(f"e-mail address too long: {address!r}")
-    if any(len(label.encode()) > 63 for label in domain.split(".")):
-        raise ValueError(f"domain label too long in {address!r}")
-    return address
 
 
 def escape_filter_value(value: str) -> str:
@@ -253,7 +230,7 @@ class LdapSource:
 
     async def lookup(self, address: str) -> list[bytes]:
         """Every DER certificate published for this exact address ([] when none)."""
-        check_address(address)
+        address = normalise(address)  # nothing unvalidated ever reaches a filter
         cached = self._cache.get(address)
         if cached is not None:
             return cached

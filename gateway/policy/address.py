@@ -21,7 +21,7 @@ class InvalidAddress(ValueError):
 
 def normalise(address: str) -> str:
     """The address with its domain lowercased; InvalidAddress when it is not a mailbox."""
-    address = address.strip()
+    address = address.strip(" \t")
     if address.startswith("<") and address.endswith(">"):
         address = address[1:-1]
     m = _ADDRESS.fullmatch(address)

@@ -15,6 +15,8 @@ from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
+from gateway import rawmail
+
 CRLF = b"\r\n"
 _BARE_LINE_END = re.compile(rb"\r?\n")
 
@@ -40,14 +42,7 @@ def join_entity(head: bytes, body: bytes) -> bytes:
 
 def header_fields(head: bytes) -> list[tuple[str, bytes]]:
     """Each field of a header block as (name, raw bytes with its continuation lines)."""
-    fields: list[tuple[str, bytes]] = []
-    for line in head.splitlines(keepends=True):
-        if line[:1] in (b" ", b"\t") and fields:
-            name, raw = fields[-1]
-            fields[-1] = (name, raw + line)
-        elif b":" in line:
-            fields.append((line.split(b":", 1)[0].strip().decode("ascii", "replace"), line))
-    return fields
+    return [(f.name, f.raw) for f in rawmail.parse_fields(head)]
 
 
 def parse_headers(head: bytes) -> Message:

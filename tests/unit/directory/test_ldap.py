@@ -15,7 +15,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 from gateway.config import ConfigError, DirectoryConfig
 from gateway.directory import DirectoryUnavailable
 from gateway.directory.cache import LookupCache
-from gateway.directory.ldap import LdapSource, check_address, escape_filter_value
+from gateway.directory.ldap import LdapSource, escape_filter_value
+from tests.support.addresses import GARBAGE
 from tests.support.pki import CA
 from tests.support.slapd import Slapd
 
@@ -129,59 +130,22 @@ async def test_an_asterisk_is_matched_literally(slapd: Slapd, two_entries: dict[
 
 
 @pytest.mark.parametrize("address", [
-    '"*)(mail=*"@x.dk',
-    '"*)(|(mail=*"@x.dk',
-    '"anna@x.dk)(mail=*"@x.dk',
-    '"\\\\2a"@x.dk',
-    '"a\\)(objectClass=*"@x.dk',
+    "*)(mail=*", "*", "anna@x.dk)(mail=*", "(mail=*)", '"*)(mail=*"@x.dk',
+    '"anna@x.dk)(mail=*"@x.dk', '"a\\)(objectClass=*"@x.dk', "søren@brøndby.dk",
 ])
-async def test_filter_syntax_inside_a_valid_address_finds_nothing(
-        slapd: Slapd, two_entries: dict[str, bytes], make_source: Callable[..., LdapSource],
-        address: str) -> None:
-    assert await make_source(slapd.url).lookup(address) == []
-
-
-@pytest.mark.parametrize("address", ["*)(mail=*", "*", "anna@x.dk)(mail=*", "(mail=*)"])
 async def test_filter_syntax_as_the_address_is_refused(
         slapd: Slapd, two_entries: dict[str, bytes], make_source: Callable[..., LdapSource],
         address: str) -> None:
+    """Quoted local parts and non-ASCII addresses never reach a filter: the gateway's
+    address rule (gateway.policy.address) admits only dot-atom ASCII mailboxes."""
     with pytest.raises(ValueError):
         await make_source(slapd.url).lookup(address)
-
-
-async def test_a_non_ascii_address_is_escaped_and_finds_nothing(
-        slapd: Slapd, two_entries: dict[str, bytes],
-        make_source: Callable[..., LdapSource]) -> None:
-    assert await make_source(slapd.url).lookup("søren@brøndby.dk") == []
 
 
 def test_escape_filter_value() -> None:
     assert escape_filter_value("a*b(c)d\\e\0f") == r"a\2ab\28c\29d\5ce\00f"
     assert escape_filter_value("søren") == r"s\c3\b8ren"
     assert escape_filter_value("plain.name+tag@x.dk") == "plain.name+tag@x.dk"
-
-
-GARBAGE = [
-    "", "anna", "anna@", "@x.dk", "anna@@x.dk", "a@b@x.dk", "anna hansen@x.dk", " anna@x.dk",
-    "anna@x.dk ", "anna@x..dk", "anna@.x.dk", "anna@x.dk.", "anna@-x.dk", "anna@x-.dk",
-    ".anna@x.dk", "anna.@x.dk", "an..na@x.dk", "an\nna@x.dk", "anna@x.dk\r\n", "a\0@x.dk",
-    "a\tb@x.dk", "anna@x\u00a0.dk", "a\u200b@x.dk", '"unterminated@x.dk', "<anna@x.dk>",
-    "a" * 65 + "@x.dk", "anna@" + "x" * 64 + ".dk", "anna@" + ".".join(["x" * 60] * 5),
-]
-
-
-@pytest.mark.parametrize("address", GARBAGE)
-def test_check_address_refuses_garbage(address: str) -> None:
-    with pytest.raises(ValueError):
-        check_address(address)
-
-
-@pytest.mark.parametrize("address", [
-    "anna@brondby.dk", "Anna.Hansen@Brondby.DK", "a*@x.dk", "user+tag@x.dk", "x@localhost",
-    '"anna hansen"@x.dk', '"a\\"b"@x.dk', "søren@brøndby.dk", "o'brien@x.dk", "a" * 64 + "@x.dk",
-])
-def test_check_address_accepts_mailboxes(address: str) -> None:
-    assert check_address(address) == address
 
 
 async def test_garbage_is_refused_before_any_lookup(slapd: Slapd,
