@@ -130,12 +130,13 @@ class Pipeline:
         return None
 
     def _plain_jobs(self, due: list[RecipientState], data: bytes) -> list[Job]:
-        groups: dict[str, Job] = {}
+        groups: dict[tuple[str, str], Job] = {}
         for r in due:
             r.cls = str(RecipientClass.PLAIN)
             route = self.routing.route_for(domain_of(r.address))
-            groups.setdefault(route, Job(RecipientClass.PLAIN, route, OPPORTUNISTIC, [], data))
-            groups[route].recipients.append(r)
+            key = (route, _hop_domain(route, r.address))
+            groups.setdefault(key, Job(RecipientClass.PLAIN, route, OPPORTUNISTIC, [], data))
+            groups[key].recipients.append(r)
         return list(groups.values())
 
     async def _secure_jobs(self, env: Envelope, due: list[RecipientState], data: bytes,
@@ -144,7 +145,7 @@ class Pipeline:
         decisions = await asyncio.gather(*(self._classify(policy, r.address) for r in due))
         stripped = strip_tags(data, self.config.tags)
         visible = _visible_recipients(fields)
-        jobs: dict[tuple[str, str, str], Job] = {}
+        jobs: dict[tuple[str, str, str, str], Job] = {}
         for r, decision in zip(due, decisions, strict=True):
             r.cls = str(decision.cls)
             if decision.cls == RecipientClass.UNSAFE:
@@ -159,7 +160,7 @@ class Pipeline:
             # Bcc recipients of S/MIME mail get a copy encrypted for them alone.
             bcc = decision.cls == RecipientClass.SMIME and r.address.lower() not in visible
             share = r.address if bcc else ""
-            key = (str(decision.cls), route, share)
+            key = (str(decision.cls), route, _hop_domain(route, r.address), share)
             job = jobs.setdefault(key, Job(decision.cls, route, tls, [], stripped))
             job.recipients.append(r)
             if decision.certificate_der:
@@ -256,6 +257,11 @@ class Pipeline:
                 dsn = await spool_dsn(self.spool, self.config, env, data, chosen)
                 if dsn is not None:
                     self.enqueue(dsn)
+
+
+def _hop_domain(route: str, address: str) -> str:
+    """With `mx` the next hop depends on the recipient's domain; other routes are one hop."""
+    return domain_of(address) if route == "mx" else ""
 
 
 def _visible_recipients(fields: list[rawmail.Field]) -> set[str]:

@@ -84,7 +84,9 @@ def _load_one(dep: DepartmentConfig, key_name: str, config_file: str,
         cert_bytes = dep.cert.read_bytes() if dep.cert != dep.key else key_bytes
     except OSError as e:
         which = "key" if e.filename == str(dep.key) else "cert"
-        raise fail(which, f"cannot read {e.filename}: {e.strerror}") from None
+        hint = (" (for the demo, run `send-sikkert certs dev-init` first)"
+                if isinstance(e, FileNotFoundError) else "")
+        raise fail(which, f"cannot read {e.filename}: {e.strerror}{hint}") from None
 
     passphrase = None
     if dep.key_passphrase_env:
