@@ -93,8 +93,9 @@ class Pipeline:
         fields, _ = rawmail.split(data)
         tagging = read_tags(fields, self.config.tags)
         failures: list[Failure] = []
+        stripped = await asyncio.to_thread(strip_tags, data, self.config.tags)
         if not tagging.tagged:
-            jobs = self._plain_jobs(due, strip_tags(data, self.config.tags))
+            jobs = self._plain_jobs(due, stripped)
         else:
             policy = self.policy
             department = resolve_department(tagging, env.sender, policy.departments)
@@ -106,7 +107,7 @@ class Pipeline:
                 jobs = []
             else:
                 assert department is not None
-                jobs = await self._secure_jobs(env, due, data, fields, department, policy,
+                jobs = await self._secure_jobs(env, due, stripped, fields, department, policy,
                                                failures)
         await asyncio.gather(*(self._deliver(env, job, failures) for job in jobs))
         self._age_checks(env, failures)
@@ -139,11 +140,10 @@ class Pipeline:
             groups[key].recipients.append(r)
         return list(groups.values())
 
-    async def _secure_jobs(self, env: Envelope, due: list[RecipientState], data: bytes,
+    async def _secure_jobs(self, env: Envelope, due: list[RecipientState], stripped: bytes,
                            fields: list[rawmail.Field], department: Department,
                            policy: Policy, failures: list[Failure]) -> list[Job]:
         decisions = await asyncio.gather(*(self._classify(policy, r.address) for r in due))
-        stripped = strip_tags(data, self.config.tags)
         visible = _visible_recipients(fields)
         jobs: dict[tuple[str, str, str, str], Job] = {}
         for r, decision in zip(due, decisions, strict=True):

@@ -7,6 +7,7 @@ tells the scheduler. A failed write answers 451 4.3.0 and nothing is lost.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import re
@@ -55,6 +56,12 @@ class Handler:
             ip = ip.ipv4_mapped
         return any(ip in net for net in self.relay_networks)
 
+    async def handle_EHLO(self, server: GatewaySMTP, session: Session, envelope: SmtpEnvelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        """Advertise DSN (RFC 3461) beside aiosmtpd's own extensions."""
+        session.host_name = hostname
+        return [*responses[:-1], "250-DSN", responses[-1]]
+
     async def handle_RCPT(self, server: GatewaySMTP, session: Session,
                           envelope: SmtpEnvelope, address: str,
                           rcpt_options: list[str]) -> str:
@@ -76,7 +83,8 @@ class Handler:
     async def handle_DATA(self, server: GatewaySMTP, session: Session,
                           envelope: SmtpEnvelope) -> str:
         data = envelope.original_content or b""
-        if _BARE_CR_OR_LF.search(data):
+        # A scan of a large message would stall every other session: run it in a thread.
+        if await asyncio.to_thread(_BARE_CR_OR_LF.search, data):
             metrics.smtp_rejections.labels(reason="bare_line_ending").inc()
             log.warning("refused message from %s: bare CR or LF", session.peer)
             return BARE_LINE_ENDING

@@ -2,7 +2,7 @@
 
 aiosmtpd refuses MAIL/RCPT parameters it does not know, so RET/ENVID and NOTIFY/ORCPT are
 taken off the command line here, checked, kept on the session, and the rest is handed to
-aiosmtpd unchanged. EHLO advertises DSN.
+aiosmtpd unchanged. The handler's EHLO hook advertises DSN.
 """
 
 from __future__ import annotations
@@ -79,21 +79,6 @@ class GatewaySMTP(SMTP):
     def _set_post_data_state(self) -> None:
         super()._set_post_data_state()
         self.dsn = DsnParams()
-
-    async def smtp_EHLO(self, hostname: str) -> None:
-        # aiosmtpd has no hook for extra keywords without replacing the reply; wrap push.
-        push = self.push
-
-        async def push_with_dsn(status: str) -> None:
-            if status == "250 HELP":
-                await push("250-DSN")
-            await push(status)
-
-        self.push = push_with_dsn  # type: ignore[method-assign]
-        try:
-            await super().smtp_EHLO(hostname)
-        finally:
-            self.push = push  # type: ignore[method-assign]
 
     async def smtp_MAIL(self, arg: str | None) -> None:
         if arg is not None and self.session is not None and self.session.extended_smtp:
