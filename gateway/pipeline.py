@@ -18,7 +18,7 @@ from email.utils import getaddresses
 from cryptography import x509
 
 from gateway import rawmail
-from gateway.bounce.dsn import Failure
+from gateway.bounce.dsn import Notice
 from gateway.bounce.report import spool_dsn
 from gateway.config import Config
 from gateway.delivery import Rcpt, Route, TlsPolicy, Transport, parse_route
@@ -92,7 +92,7 @@ class Pipeline:
         data = await self.spool.body(env.id)
         fields, _ = rawmail.split(data)
         tagging = read_tags(fields, self.config.tags)
-        failures: list[Failure] = []
+        notices: list[Notice] = []
         stripped = await asyncio.to_thread(strip_tags, data, self.config.tags)
         if not tagging.tagged:
             jobs = self._plain_jobs(due, stripped)
@@ -103,15 +103,15 @@ class Pipeline:
             if refusal is not None:
                 for r in due:
                     r.cls = str(RecipientClass.UNSAFE)
-                    failures.append(self._bounce(r, "5.7.1", refusal.text, refusal.kind))
+                    notices.append(self._bounce(r, "5.7.1", refusal.text, refusal.kind))
                 jobs = []
             else:
                 assert department is not None
                 jobs = await self._secure_jobs(env, due, stripped, fields, department, policy,
-                                               failures)
-        await asyncio.gather(*(self._deliver(env, job, failures) for job in jobs))
-        self._age_checks(env, failures)
-        await self._report(env, data, failures)
+                                               notices)
+        await asyncio.gather(*(self._deliver(env, job, notices) for job in jobs))
+        self._age_checks(env, notices)
+        await self._report(env, data, notices)
         for r in due:
             env.history.append({"time": round(now, 3), "address": r.address,
                                 "state": str(r.state), "class": r.cls,
@@ -142,14 +142,14 @@ class Pipeline:
 
     async def _secure_jobs(self, env: Envelope, due: list[RecipientState], stripped: bytes,
                            fields: list[rawmail.Field], department: Department,
-                           policy: Policy, failures: list[Failure]) -> list[Job]:
+                           policy: Policy, notices: list[Notice]) -> list[Job]:
         decisions = await asyncio.gather(*(self._classify(policy, r.address) for r in due))
         visible = _visible_recipients(fields)
         jobs: dict[tuple[str, str, str, str], Job] = {}
         for r, decision in zip(due, decisions, strict=True):
             r.cls = str(decision.cls)
             if decision.cls == RecipientClass.UNSAFE:
-                failures.append(self._bounce(r, "5.7.1", decision.reason, "unsafe"))
+                notices.append(self._bounce(r, "5.7.1", decision.reason, "unsafe"))
                 continue
             if decision.cls == RecipientClass.UNKNOWN:
                 self._defer(r, Reply(451, "4.4.3", decision.reason))
@@ -185,7 +185,7 @@ class Pipeline:
         except InvalidAddress as e:
             return Decision(address, RecipientClass.UNSAFE, str(e))
 
-    async def _deliver(self, env: Envelope, job: Job, failures: list[Failure]) -> None:
+    async def _deliver(self, env: Envelope, job: Job, notices: list[Notice]) -> None:
         started = time.perf_counter()
         route: Route = parse_route(job.route)
         label = "plain" if job.cls == RecipientClass.PLAIN else str(job.cls)
@@ -205,9 +205,15 @@ class Pipeline:
                 metrics.recipients.labels(**{"class": label, "outcome": "delivered"}).inc()
                 log.info("%s: delivered to <%s> via %s (%s)", env.id, r.address, job.route,
                          label)
+                if r.wants("SUCCESS") and r.address not in result.dsn_relayed:
+                    # RFC 3461 6.2: a next hop without DSN cannot confirm; say so ourselves.
+                    action = "delivered" if route.kind == "file" else "relayed"
+                    notices.append(Notice(address=r.address, orcpt=r.orcpt, action=action,
+                                          status="2.0.0", diagnostic=r.diagnostic,
+                                          kind=action))
             elif reply.permanent:
-                failures.append(self._bounce(r, reply.status, str(reply), "rejected",
-                                             diagnostic=f"smtp; {reply}"))
+                notices.append(self._bounce(r, reply.status, str(reply), "rejected",
+                                            diagnostic=f"smtp; {reply}"))
             else:
                 self._defer(r, reply)
 
@@ -219,16 +225,16 @@ class Pipeline:
         log.info("deferred <%s>: %s", r.address, reply)
 
     def _bounce(self, r: RecipientState, status: str, reason: str, kind: str,
-                diagnostic: str = "") -> Failure:
+                diagnostic: str = "") -> Notice:
         r.state, r.status, r.last_error = State.BOUNCED, status, reason
         r.attempts += 1
         r.diagnostic = diagnostic or f"x-send-sikkert; {reason}"
         metrics.recipients.labels(**{"class": r.cls or "plain", "outcome": "bounced"}).inc()
         log.info("bounced <%s> (%s): %s", r.address, kind, reason)
-        return Failure(address=r.address, orcpt=r.orcpt, action="failed", status=status,
-                       diagnostic=r.diagnostic, kind=kind)
+        return Notice(address=r.address, orcpt=r.orcpt, action="failed", status=status,
+                      diagnostic=r.diagnostic, kind=kind)
 
-    def _age_checks(self, env: Envelope, failures: list[Failure]) -> None:
+    def _age_checks(self, env: Envelope, notices: list[Notice]) -> None:
         """Deferred too long: one delayed DSN at delay_warning, a failed DSN at max_age."""
         age = self.clock() - env.received
         queue = self.config.queue
@@ -237,22 +243,23 @@ class Pipeline:
                 continue
             if age >= queue.max_age:
                 status = r.status if r.status.startswith("4.") else "4.4.7"
-                failures.append(self._bounce(
+                notices.append(self._bounce(
                     r, "5" + status[1:], f"could not be delivered in {queue.max_age:.0f} s; "
                                          f"last error: {r.last_error}", "expired"))
             elif age >= queue.delay_warning and not r.delay_warned:
                 r.delay_warned = True
-                failures.append(Failure(address=r.address, orcpt=r.orcpt, action="delayed",
-                                        status=r.status or "4.0.0",
-                                        diagnostic=f"x-send-sikkert; {r.last_error}",
-                                        kind="delayed"))
+                notices.append(Notice(address=r.address, orcpt=r.orcpt, action="delayed",
+                                       status=r.status or "4.0.0",
+                                       diagnostic=f"x-send-sikkert; {r.last_error}",
+                                       kind="delayed"))
 
-    async def _report(self, env: Envelope, data: bytes, failures: Sequence[Failure]) -> None:
-        """Queue one DSN per action for the recipients that asked for one (RFC 3461 NOTIFY)."""
+    async def _report(self, env: Envelope, data: bytes, notices: Sequence[Notice]) -> None:
+        """Queue one DSN per kind of news for the recipients that asked (RFC 3461 NOTIFY)."""
         by_address = {r.address: r for r in env.recipients}
-        for action, wanted in (("failed", "FAILURE"), ("delayed", "DELAY")):
-            chosen = [f for f in failures
-                      if f.action == action and by_address[f.address].wants(wanted)]
+        for actions, wanted in ((("failed",), "FAILURE"), (("delayed",), "DELAY"),
+                                (("delivered", "relayed"), "SUCCESS")):
+            chosen = [n for n in notices
+                      if n.action in actions and by_address[n.address].wants(wanted)]
             if chosen:
                 dsn = await spool_dsn(self.spool, self.config, env, data, chosen)
                 if dsn is not None:

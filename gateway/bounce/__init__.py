@@ -1,9 +1,10 @@
 """Bounces: RFC 3464 delivery status notifications built from recipient outcomes.
 
-`dsn` turns a list of Failures into the report's bytes (CONTRACT "Bounces (DSN)");
-`report` spools it from the null sender back to the original sender.
+`dsn` turns a list of Notices (failed, delayed, delivered, relayed) into the report's
+bytes (CONTRACT "Bounces (DSN)"); `report` spools it from the null sender back to the
+original sender.
 """
 
-from gateway.bounce.dsn import Failure, Kind, build_dsn
+from gateway.bounce.dsn import Action, Kind, Notice, build_dsn
 
-__all__ = ["Failure", "Kind", "build_dsn"]
+__all__ = ["Action", "Kind", "Notice", "build_dsn"]

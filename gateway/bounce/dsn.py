@@ -2,10 +2,12 @@
 
 RFC 3464 (multipart/report of RFC 6522 with report-type=delivery-status: a human part,
 the message/delivery-status fields, the original headers as text/rfc822-headers),
-RFC 3461 (ORCPT and ENVID come back xtext-decoded) and RFC 3834 (Auto-Submitted).
-The human part is Danish first, then English, and says per recipient why and what the
-sender can do instead. The original body is never included, whatever RET asked for:
-it may hold the very data that could not be sent safely. Nor is the original subject.
+RFC 3461 (ORCPT and ENVID come back xtext-decoded; 6.2: "delivered" and "relayed" for
+NOTIFY=SUCCESS) and RFC 3834 (Auto-Submitted). The human part is Danish first, then
+English, and says per failed or delayed recipient why and what the sender can do
+instead; a success is told plainly, with nothing to do. The original body is never
+included, whatever RET asked for: it may hold the very data that could not be sent
+safely. Nor is the original subject.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from datetime import datetime
 from typing import Literal
 
 Kind = Literal["unsafe", "no_department", "sender_not_allowed", "cpr_in_subject", "rejected",
-               "expired", "deleted", "delayed", "protect_failed"]
+               "expired", "deleted", "delayed", "protect_failed", "delivered", "relayed"]
+Action = Literal["failed", "delayed", "delivered", "relayed"]
 
 _END_OF_HEADERS = re.compile(rb"\r?\n\r?\n")
 _XTEXT_HEX = re.compile(r"\+([0-9A-Fa-f]{2})")
@@ -29,23 +32,31 @@ _DIAGNOSTIC_TYPE = re.compile(r"[A-Za-z0-9-]+;")
 
 
 @dataclass(frozen=True)
-class Failure:
-    """One recipient to report on: what happened (action, status) and why."""
+class Notice:
+    """One recipient to report on: what happened (action, status) and why.
+
+    `kind` is "delivered" or "relayed" for those actions (status 2.0.0), and the reason
+    for a failure ("delayed" for a delay).
+    """
 
     address: str
     orcpt: str  # RFC 3461 ORCPT as received ("rfc822;addr"), or ""
-    action: Literal["failed", "delayed"]
+    action: Action
     status: str  # RFC 3463, e.g. "5.7.1"
-    diagnostic: str  # "smtp; 550 5.1.1 no such user" or "x-send-sikkert; ..."
+    diagnostic: str  # "smtp; 550 5.1.1 no such user" or "x-send-sikkert; ..." or ""
     kind: Kind
 
 
 @dataclass(frozen=True)
 class _Text:
-    """What the human part says about one kind of failure, in one language."""
+    """What the human part says about one kind of outcome, in one language.
+
+    For a failure or a delay: why, and what the sender can do. For a success: what it
+    means, and nothing to do.
+    """
 
     why: str
-    todo: tuple[str, ...]
+    todo: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -53,6 +64,8 @@ class _Language:
     intro: str  # {org} and {host} filled in
     failed: str
     delayed: str
+    delivered: str
+    relayed: str
     why: str
     todo: str
     detail: str
@@ -64,6 +77,8 @@ _DANISH = _Language(
     intro="Dette er en automatisk besked fra {org_gen} sikre mail-gateway ({host}).",
     failed="Din mail er ikke afleveret til:",
     delayed="Din mail er endnu ikke afleveret til:",
+    delivered="Din mail er afleveret til:",
+    relayed="Din mail er sendt videre til:",
     why="Hvorfor",
     todo="Det kan du gøre",
     detail="årsag",
@@ -111,6 +126,12 @@ _DANISH = _Language(
             "er ikke sendt.",
             ("Kontakt IT.",
              "Send i mellemtiden med Digital Post, eller ring til modtageren.")),
+        "delivered": _Text(
+            "Du bad om besked, når mailen var afleveret. Det er den nu."),
+        "relayed": _Text(
+            "Din mail er sendt videre til modtagerens mailserver, som ikke kan bekræfte den "
+            "endelige aflevering. Det er ikke en fejl, men du får ikke en bekræftelse af "
+            "selve afleveringen."),
     },
 )
 
@@ -118,6 +139,8 @@ _ENGLISH = _Language(
     intro="This is an automatic message from the secure mail gateway of {org} ({host}).",
     failed="Your message was not delivered to:",
     delayed="Your message has not yet been delivered to:",
+    delivered="Your message was delivered to:",
+    relayed="Your message was passed on to:",
     why="Why",
     todo="What you can do",
     detail="reason",
@@ -166,11 +189,20 @@ _ENGLISH = _Language(
             "so it was not sent.",
             ("Contact IT.",
              "Meanwhile send it by Digital Post or telephone the recipient.")),
+        "delivered": _Text(
+            "You asked to be told when the message was delivered. It now has been."),
+        "relayed": _Text(
+            "Your message was passed on to the recipient's mail server, which cannot "
+            "confirm final delivery. This is not an error, but no confirmation of the final "
+            "delivery will follow."),
     },
 )
 
 # Kinds whose diagnostic tells the sender something the general text does not.
 _DETAILED = ("unsafe", "rejected", "expired", "delayed", "protect_failed")
+# The gravest news first: the order of the human part's sections and of the subject's choice.
+_ACTIONS: tuple[Action, ...] = ("failed", "delayed", "relayed", "delivered")
+_SUCCESS = ("delivered", "relayed")
 
 _SUBJECTS = {
     "unsafe": "Ikke afleveret: sikker mail er ikke mulig / Undeliverable: secure mail not possible",
@@ -182,20 +214,22 @@ _SUBJECTS = {
     "protect_failed": "Ikke afleveret: kunne ikke krypteres / Undeliverable: could not be "
                       "encrypted",
     "delayed": "Forsinket: mailen er endnu ikke afleveret / Delayed: message not yet delivered",
+    "relayed": "Sendt videre / Relayed",
+    "delivered": "Afleveret / Delivered",
 }
 _SUBJECT_OTHER = "Ikke afleveret / Undeliverable: delivery failed"
 
 
 def build_dsn(*, hostname: str, organisation: str, queue_id: str, arrival: float, sender: str,
-              original_headers: bytes, failures: Sequence[Failure], envid: str = "") -> bytes:
+              original_headers: bytes, notices: Sequence[Notice], envid: str = "") -> bytes:
     """The whole DSN message (CRLF line endings); the caller sends it from the null sender."""
-    if not failures:
-        raise ValueError("a DSN needs at least one failure")
+    if not notices:
+        raise ValueError("a DSN needs at least one notice")
     boundary = "=_" + secrets.token_hex(16)  # "=_" cannot occur in quoted-printable text
     head = [
         "From: Mail Delivery System <MAILER-DAEMON@" + hostname + ">",
         "To: <" + _line(sender) + ">",
-        "Subject: " + _subject(failures),
+        "Subject: " + _subject(notices),
         "Date: " + email.utils.formatdate(localtime=True),
         "Message-ID: " + email.utils.make_msgid(domain=hostname),
         "Auto-Submitted: auto-replied",
@@ -205,14 +239,14 @@ def build_dsn(*, hostname: str, organisation: str, queue_id: str, arrival: float
         "",
         "This is a delivery status notification in MIME format (RFC 3464).",
     ]
-    text = _human(organisation, hostname, queue_id, arrival, failures)
+    text = _human(organisation, hostname, queue_id, arrival, notices)
     parts = [
         ["Content-Type: text/plain; charset=utf-8",
          "Content-Transfer-Encoding: quoted-printable",
          "Content-Description: Notification", "",
          quopri.encodestring(text.encode("utf-8")).decode("ascii")],
         _part("message/delivery-status", "Delivery report",
-              _status_fields(hostname, queue_id, arrival, failures, envid)),
+              _status_fields(hostname, queue_id, arrival, notices, envid)),
         _part("text/rfc822-headers", "Headers of the message", _headers_only(original_headers)),
     ]
     lines = head + [line for part in parts for line in [f"--{boundary}", *part]]
@@ -220,29 +254,35 @@ def build_dsn(*, hostname: str, organisation: str, queue_id: str, arrival: float
     return _crlf("\n".join(lines)).encode("utf-8", "surrogateescape")
 
 
-def _subject(failures: Sequence[Failure]) -> str:
-    failed = [f for f in failures if f.action == "failed"]
-    kind = failed[0].kind if failed else "delayed"
-    return _SUBJECTS.get(kind, _SUBJECT_OTHER)
+def _subject(notices: Sequence[Notice]) -> str:
+    """The gravest news first: failed (by its kind), then delayed, relayed, delivered."""
+    failed = [n for n in notices if n.action == "failed"]
+    if failed:
+        return _SUBJECTS.get(failed[0].kind, _SUBJECT_OTHER)
+    actions = {n.action for n in notices}
+    return next(_SUBJECTS[a] for a in _ACTIONS if a in actions)
 
 
 def _human(organisation: str, hostname: str, queue_id: str, arrival: float,
-           failures: Sequence[Failure]) -> str:
+           notices: Sequence[Notice]) -> str:
     when = datetime.fromtimestamp(arrival).astimezone().strftime("%d-%m-%Y %H:%M %Z")
     sections = []
     for lang, org_gen in ((_DANISH, _danish_genitive(organisation)), (_ENGLISH, "")):
         names = {"org": organisation, "org_gen": org_gen, "host": hostname}
         out = _wrap(lang.intro.format(**names))
-        for action, heading in (("failed", lang.failed), ("delayed", lang.delayed)):
-            chosen = [f for f in failures if f.action == action]
-            kinds = list(dict.fromkeys(f.kind for f in chosen))  # in order of appearance
+        for action in _ACTIONS:
+            chosen = [n for n in notices if n.action == action]
+            kinds = list(dict.fromkeys(n.kind for n in chosen))  # in order of appearance
             for kind in kinds:
                 text = lang.kinds[kind]
-                out += ["", heading, ""]
-                for f in (f for f in chosen if f.kind == kind):
-                    out.append(f"  {_line(f.address)}")
-                    if kind in _DETAILED and f.diagnostic:
-                        out.append(f"    ({lang.detail}: {_readable(f.diagnostic)})")
+                out += ["", getattr(lang, action), ""]  # the headings are named as the actions
+                for n in (n for n in chosen if n.kind == kind):
+                    out.append(f"  {_line(n.address)}")
+                    if kind in _DETAILED and n.diagnostic:
+                        out.append(f"    ({lang.detail}: {_readable(n.diagnostic)})")
+                if action in _SUCCESS:  # good news: no "why", and nothing to do
+                    out += [""] + _wrap(text.why)
+                    continue
                 out += [""] + _wrap(f"{lang.why}: {text.why}")
                 out += ["", f"{lang.todo}:"]
                 for item in text.todo:
@@ -252,7 +292,7 @@ def _human(organisation: str, hostname: str, queue_id: str, arrival: float,
     return "\n\n----------------------------------------\n\n".join(sections) + "\n"
 
 
-def _status_fields(hostname: str, queue_id: str, arrival: float, failures: Sequence[Failure],
+def _status_fields(hostname: str, queue_id: str, arrival: float, notices: Sequence[Notice],
                    envid: str) -> str:
     """The message/delivery-status content: per-message fields, then one block per recipient."""
     blocks = []
@@ -263,20 +303,21 @@ def _status_fields(hostname: str, queue_id: str, arrival: float, failures: Seque
                 f"X-Send-Sikkert-Queue-Id: {queue_id}",
                 f"Arrival-Date: {email.utils.formatdate(arrival, localtime=True)}"]
     blocks.append(message)
-    for f in failures:
+    for n in notices:
         block = []
-        if f.orcpt:
-            kind, _, address = f.orcpt.partition(";")
+        if n.orcpt:
+            kind, _, address = n.orcpt.partition(";")
             if not address:
-                kind, address = "rfc822", f.orcpt
+                kind, address = "rfc822", n.orcpt
             block.append(f"Original-Recipient: {kind.strip()}; {_line(_unxtext(address.strip()))}")
-        diagnostic = _line(f.diagnostic)
-        if not _DIAGNOSTIC_TYPE.match(diagnostic):
-            diagnostic = f"x-send-sikkert; {diagnostic}"
-        block += [f"Final-Recipient: rfc822; {_line(f.address)}",
-                  f"Action: {f.action}",
-                  f"Status: {f.status}",
-                  *_wrap(f"Diagnostic-Code: {diagnostic}", rest=" ")]
+        block += [f"Final-Recipient: rfc822; {_line(n.address)}",
+                  f"Action: {n.action}",
+                  f"Status: {n.status}"]
+        diagnostic = _line(n.diagnostic)
+        if diagnostic:  # optional (RFC 3464 2.3.6): a success may have none to give
+            if not _DIAGNOSTIC_TYPE.match(diagnostic):
+                diagnostic = f"x-send-sikkert; {diagnostic}"
+            block += _wrap(f"Diagnostic-Code: {diagnostic}", rest=" ")
         blocks.append(block)
     return "\n\n".join("\n".join(block) for block in blocks)
 

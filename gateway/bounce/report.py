@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 
 from gateway import rawmail
-from gateway.bounce.dsn import Failure, build_dsn
+from gateway.bounce.dsn import Notice, build_dsn
 from gateway.config import Config
 from gateway.model import Envelope, RecipientState
 from gateway.observe import metrics
@@ -20,18 +20,18 @@ log = logging.getLogger(__name__)
 
 
 async def spool_dsn(spool: Spool, config: Config, env: Envelope, data: bytes,
-                    failures: Sequence[Failure]) -> Envelope | None:
-    """Spool one DSN about `failures`; None when the message had the null sender."""
+                    notices: Sequence[Notice]) -> Envelope | None:
+    """Spool one DSN about `notices`; None when the message had the null sender."""
     if not env.sender:
         log.warning("%s: no DSN for a message with the null sender", env.id)
         return None
     report = build_dsn(hostname=config.smtp.hostname, organisation=config.organisation.name,
                        queue_id=env.id, arrival=env.received, sender=env.sender,
-                       original_headers=rawmail.header_block(data), failures=failures,
+                       original_headers=rawmail.header_block(data), notices=notices,
                        envid=env.envid)
     dsn = Envelope(id=new_id(), sender="", recipients=[RecipientState(env.sender)],
                    received=time.time())
     await spool.put(dsn, report)
-    metrics.dsn_sent.labels(action=failures[0].action).inc()
-    log.info("%s: %s DSN %s queued for <%s>", env.id, failures[0].action, dsn.id, env.sender)
+    metrics.dsn_sent.labels(action=notices[0].action).inc()
+    log.info("%s: %s DSN %s queued for <%s>", env.id, notices[0].action, dsn.id, env.sender)
     return dsn

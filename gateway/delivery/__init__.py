@@ -85,11 +85,19 @@ class Rcpt:
 
 @dataclass(frozen=True)
 class Result:
-    """What one delivery attempt did: a reply per recipient address."""
+    """What one delivery attempt did: a reply per recipient address.
+
+    `dsn_relayed` holds the addresses a next hop accepted (2xx) in a session where it
+    advertised DSN, so it got our RFC 3461 parameters and takes over notification duty
+    (RFC 3461 6.2): no "relayed" or "delivered" DSN of ours for them. An accepted address
+    not in it went to a hop without DSN ("relayed"), or was delivered finally by us
+    (`file`, "delivered").
+    """
 
     replies: dict[str, Reply]
     tls_failure: bool = False  # TLS was required but could not be had or verified
     peer: str = ""  # the host that gave the last answer, for logs
+    dsn_relayed: frozenset[str] = frozenset()
 
 
 class Transport(Protocol):

@@ -3,6 +3,7 @@
 The envelope goes on top as `X-Envelope-From` and one `X-Envelope-To` per recipient
 (CONTRACT "Route forms"). A file is created exclusively (never overwritten) and fsynced,
 with its folder, before the delivery counts as done, as RFC 5321 6.1 asks of any MTA.
+This is final delivery ("delivered" in RFC 3461 6.2), so no address is `dsn_relayed`.
 """
 
 from __future__ import annotations

@@ -136,6 +136,7 @@ class MxTransport:
         pending = list(message.rcpts)
         final: dict[str, Reply] = {}
         deferred: dict[str, Reply] = {}  # the latest 4xx a host gave each recipient
+        relayed: frozenset[str] = frozenset()  # accepted by a host that advertised DSN
         last: Reply | None = None
         tls_failure, tried, peer = False, 0, ""
         for host in targets.hosts:
@@ -152,27 +153,28 @@ class MxTransport:
                 tried += 1
                 peer = describe_peer(address, self.port, host)
                 try:
-                    replies = await self.smtp.send(address, self.port, host,
-                                                   replace(message, rcpts=tuple(pending)), tls)
+                    answer = await self.smtp.send(address, self.port, host,
+                                                  replace(message, rcpts=tuple(pending)), tls)
                 except HostFailure as e:
                     last = e.reply
                     tls_failure = tls_failure or e.tls
                     continue
-                for addr, reply in replies.items():
+                relayed |= answer.dsn_relayed
+                for addr, reply in answer.replies.items():
                     if 400 <= reply.code < 500:
                         deferred[addr] = reply
                     else:
                         final[addr] = reply
                 pending = [r for r in pending if r.address not in final]
                 if not pending:
-                    return Result(final, peer=peer)
+                    return Result(final, peer=peer, dsn_relayed=relayed)
         if last is None:  # no host had an address (a host that answered left `deferred`)
             last = (Reply(550, "5.1.2", f"{domain} has no MX and no address records")
                     if targets.implicit else
                     Reply(451, "4.4.4", f"no address found for the mail hosts of {domain}"))
         for r in pending:
             final[r.address] = deferred.get(r.address) or last
-        return Result(final, tls_failure=tls_failure, peer=peer)
+        return Result(final, tls_failure=tls_failure, peer=peer, dsn_relayed=relayed)
 
 
 def _address_literal(domain: str) -> str | None:

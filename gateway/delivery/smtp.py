@@ -2,10 +2,11 @@
 
 RFC 5321 (the session, per-recipient replies, DATA applying to accepted recipients),
 RFC 3207 (STARTTLS, EHLO again afterwards), RFC 3461 (NOTIFY/ORCPT/RET/ENVID only to a
-server that advertises DSN), RFC 6152 (BODY=8BITMIME), RFC 6531 (SMTPUTF8), RFC 1870
-(SIZE) and RFC 3463 (enhanced status codes). The `verify` level never sends a byte of
-the message in plaintext: a missing STARTTLS, a refused one or a failed handshake or
-certificate check ends the session with 4.7.5.
+server that advertises DSN, which then owes the DSNs for what it accepted: 6.2),
+RFC 6152 (BODY=8BITMIME), RFC 6531 (SMTPUTF8), RFC 1870 (SIZE) and RFC 3463 (enhanced
+status codes). The `verify` level never sends a byte of the message in plaintext: a
+missing STARTTLS, a refused one or a failed handshake or certificate check ends the
+session with 4.7.5.
 """
 
 from __future__ import annotations
@@ -65,6 +66,21 @@ class Outgoing:
         return not self.sender.isascii() or (self.smtputf8 and not head.isascii())
 
 
+@dataclass(frozen=True)
+class HostReplies:
+    """What one host answered: a reply per recipient, and whether it advertised DSN."""
+
+    replies: dict[str, Reply]
+    dsn: bool = False  # so NOTIFY/ORCPT/RET/ENVID went with the message
+
+    @property
+    def dsn_relayed(self) -> frozenset[str]:
+        """The recipients this host accepted and now owes any DSN for (RFC 3461 6.2)."""
+        if not self.dsn:
+            return frozenset()
+        return frozenset(a for a, reply in self.replies.items() if 200 <= reply.code < 300)
+
+
 def server_reply(code: int, message: str) -> Reply:
     """A server's reply as a Reply, its enhanced status taken from the text (RFC 2034)."""
     status, texts = "", []
@@ -110,13 +126,13 @@ class SmtpTransport:
         message = Outgoing(sender, tuple(rcpts), data, queue_id, ret, envid, smtputf8)
         peer = describe_peer(route.host, route.port, route.host)
         try:
-            replies = await self.send(route.host, route.port, route.host, message, tls)
+            answer = await self.send(route.host, route.port, route.host, message, tls)
         except HostFailure as e:
             return same_reply(rcpts, e.reply, tls_failure=e.tls, peer=peer)
-        return Result(replies, peer=peer)
+        return Result(answer.replies, peer=peer, dsn_relayed=answer.dsn_relayed)
 
     async def send(self, address: str, port: int, tls_name: str, message: Outgoing,
-                   tls: TlsPolicy) -> dict[str, Reply]:
+                   tls: TlsPolicy) -> HostReplies:
         """One session with one host: a reply per recipient, HostFailure if none could be had.
 
         `address` is what we connect to (a name or an IP address); `tls_name` is the name
@@ -125,22 +141,22 @@ class SmtpTransport:
         peer = describe_peer(address, port, tls_name)
         try:
             try:
-                replies = await self._session(address, port, tls_name, message, tls,
-                                              starttls=True)
+                answer = await self._session(address, port, tls_name, message, tls,
+                                             starttls=True)
             except _PlaintextRetry as e:
                 log.info("%s: %s: opportunistic TLS failed (%s), retrying in plaintext",
                          message.queue_id, peer, e)
-                replies = await self._session(address, port, tls_name, message, tls,
-                                              starttls=False)
+                answer = await self._session(address, port, tls_name, message, tls,
+                                             starttls=False)
         except HostFailure as e:
             log.info("%s: %s: %s", message.queue_id, peer, e.reply)
             raise
-        log.info("%s: %s: %s", message.queue_id, peer,
-                 ", ".join(f"<{a}> {r}" for a, r in replies.items()))
-        return replies
+        log.info("%s: %s%s: %s", message.queue_id, peer, " (DSN)" if answer.dsn else "",
+                 ", ".join(f"<{a}> {r}" for a, r in answer.replies.items()))
+        return answer
 
     async def _session(self, address: str, port: int, tls_name: str, message: Outgoing,
-                       tls: TlsPolicy, *, starttls: bool) -> dict[str, Reply]:
+                       tls: TlsPolicy, *, starttls: bool) -> HostReplies:
         peer = describe_peer(address, port, tls_name)
         client = aiosmtplib.SMTP(hostname=address, port=port, local_hostname=self.hostname,
                                  timeout=self.timeout, start_tls=False)
@@ -192,12 +208,14 @@ class SmtpTransport:
         return cached[1]
 
     async def _transaction(self, client: aiosmtplib.SMTP, message: Outgoing,
-                           peer: str) -> dict[str, Reply]:
+                           peer: str) -> HostReplies:
+        # Asked before QUIT, which makes aiosmtplib forget the extensions.
+        dsn = client.supports_extension("dsn")
         utf8 = client.supports_extension("smtputf8")
         no_utf8 = Reply(553, "5.6.7", f"{peer} does not support SMTPUTF8, which this "
                                       "message or address needs")
         if message.needs_utf8 and not utf8:
-            return {r.address: no_utf8 for r in message.rcpts}
+            return HostReplies({r.address: no_utf8 for r in message.rcpts}, dsn)
         replies: dict[str, Reply] = {}
         rcpts = []
         for r in message.rcpts:
@@ -206,10 +224,9 @@ class SmtpTransport:
             else:
                 replies[r.address] = no_utf8
         if not rcpts:
-            return replies
+            return HostReplies(replies, dsn)
         use_utf8 = utf8 and (message.needs_utf8 or not all(r.address.isascii() for r in rcpts))
         encoding = "utf-8" if use_utf8 else "ascii"
-        dsn = client.supports_extension("dsn")
         try:
             try:
                 await client.mail(message.sender, options=_mail_options(client, message, use_utf8),
@@ -217,10 +234,10 @@ class SmtpTransport:
             except aiosmtplib.SMTPSenderRefused as e:
                 reply = server_reply(e.code, e.message)
                 replies.update({r.address: reply for r in rcpts})
-                return replies
+                return HostReplies(replies, dsn)
             except ValueError as e:  # an address aiosmtplib will not put on a command line
                 replies.update({r.address: Reply(553, "5.1.7", str(e)) for r in rcpts})
-                return replies
+                return HostReplies(replies, dsn)
             accepted = []
             for r in rcpts:
                 try:
@@ -245,7 +262,7 @@ class SmtpTransport:
             lost = Reply(451, "4.4.2", f"lost connection with {peer}: {e}")
             for r in rcpts:
                 replies.setdefault(r.address, lost)
-        return replies
+        return HostReplies(replies, dsn)
 
 
 async def _hello(client: aiosmtplib.SMTP) -> None:

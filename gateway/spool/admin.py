@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from gateway.bounce.dsn import Failure
+from gateway.bounce.dsn import Notice
 from gateway.bounce.report import spool_dsn
 from gateway.config import Config
 from gateway.model import Envelope, State
@@ -74,8 +74,8 @@ async def delete(spool: Spool, config: Config, env: Envelope) -> Envelope | None
             continue
         r.state, r.status = State.BOUNCED, "5.0.0"
         r.diagnostic = "x-send-sikkert; deleted from the queue by the postmaster"
-        failures.append(Failure(address=r.address, orcpt=r.orcpt, action="failed",
-                                status="5.0.0", diagnostic=r.diagnostic, kind="deleted"))
+        failures.append(Notice(address=r.address, orcpt=r.orcpt, action="failed",
+                               status="5.0.0", diagnostic=r.diagnostic, kind="deleted"))
     dsn = None
     if failures and any(r.wants("FAILURE") for r in env.recipients):
         data = await spool.body(env.id)

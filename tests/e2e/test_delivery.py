@@ -171,3 +171,30 @@ async def test_delay_warning_then_failure_after_max_age(config, daemons):
     assert gateway.metric("sendsikkert_dsn_sent_total", action="delayed") == 1
     await asyncio.to_thread(gateway.wait_queue_empty)
 
+
+
+@pytest.mark.parametrize("next_hop", ["dsn", "no dsn", "file"])
+async def test_notify_success(config, daemons, next_hop):
+    """RFC 3461 6.2: a DSN-capable next hop notifies; otherwise we say relayed/delivered."""
+    data = b"From: a@brondby.dk\r\nTo: x@hotmail.dk\r\nSubject: s\r\n\r\nhemmelig\r\n"
+    options = ("NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;x@hotmail.dk")
+    async with SmtpSink(dsn=next_hop == "dsn") as sink:
+        if next_hop != "file":
+            config.default_route = sink.route
+        gateway = await start(config, daemons)
+        await send(gateway, "a@brondby.dk", ["x@hotmail.dk"], data, rcpt_options=options)
+        if next_hop == "dsn":
+            [msg] = await sink.wait_for(1, within=15)
+            assert msg.rcpt_options["x@hotmail.dk"] == list(options)
+            await asyncio.to_thread(gateway.wait_queue_empty)
+            assert gateway.outbox() == []  # the next hop notifies, not us
+            return
+        files = await asyncio.to_thread(gateway.wait_outbox, 2 if next_hop == "file" else 1)
+    [raw] = [f.read_bytes() for f in files if b"multipart/report" in f.read_bytes()]
+    report = email.message_from_bytes(raw, policy=email.policy.default)
+    fields = report.get_payload()[1].get_payload()[1]
+    assert fields["Action"] == ("delivered" if next_hop == "file" else "relayed")
+    assert fields["Status"] == "2.0.0"
+    assert fields["Original-Recipient"] == "rfc822; x@hotmail.dk"
+    assert report["X-Envelope-To"] == "a@brondby.dk"
+    assert b"hemmelig" not in raw

@@ -11,10 +11,11 @@ from typing import get_args
 
 import pytest
 
-from gateway.bounce.dsn import Failure, Kind, build_dsn
+from gateway.bounce.dsn import Kind, Notice, build_dsn
 from tests.support.golden import assert_matches_golden
 
 GOLDEN = Path(__file__).parent / "golden"
+SUCCESS = ("delivered", "relayed")
 HOSTNAME = "sikkermail.example.dk"
 ORGANISATION = "Brøndby Kommune"
 SENDER = "anna.jensen@brondby.dk"
@@ -31,16 +32,27 @@ ORIGINAL = (
 ).encode()
 
 
-def unsafe(address: str, orcpt: str = "") -> Failure:
-    return Failure(address=address, orcpt=orcpt, action="failed", status="5.7.1",
-                   diagnostic="x-send-sikkert; no secure route: not internal, not on the SEPO "
-                              "list, no valid certificate", kind="unsafe")
+def unsafe(address: str, orcpt: str = "") -> Notice:
+    return Notice(address=address, orcpt=orcpt, action="failed", status="5.7.1",
+                  diagnostic="x-send-sikkert; no secure route: not internal, not on the SEPO "
+                             "list, no valid certificate", kind="unsafe")
 
 
-def build(failures: list[Failure], envid: str = "", original: bytes = ORIGINAL) -> bytes:
+def delivered(address: str, orcpt: str = "", diagnostic: str = "") -> Notice:
+    return Notice(address=address, orcpt=orcpt, action="delivered", status="2.0.0",
+                  diagnostic=diagnostic, kind="delivered")
+
+
+def relayed(address: str, orcpt: str = "",
+            diagnostic: str = "smtp; 250 2.0.0 OK: queued as 4B2") -> Notice:
+    return Notice(address=address, orcpt=orcpt, action="relayed", status="2.0.0",
+                  diagnostic=diagnostic, kind="relayed")
+
+
+def build(notices: list[Notice], envid: str = "", original: bytes = ORIGINAL) -> bytes:
     return build_dsn(hostname=HOSTNAME, organisation=ORGANISATION, queue_id="Q20231114-1",
                      arrival=ARRIVAL, sender=SENDER, original_headers=original,
-                     failures=failures, envid=envid)
+                     notices=notices, envid=envid)
 
 
 def parse(dsn: bytes) -> email.message.EmailMessage:
@@ -126,8 +138,8 @@ def test_original_headers_are_returned_and_the_body_never() -> None:
 
 def test_original_subject_is_not_in_the_dsn_subject() -> None:
     original = ORIGINAL.replace(b"Om borgeren", b"Borger 010203-1234")
-    msg = parse(build([Failure("lone@gmail.example", "", "failed", "5.7.1",
-                               "x-send-sikkert; CPR number in the subject", "cpr_in_subject")],
+    msg = parse(build([Notice("lone@gmail.example", "", "failed", "5.7.1",
+                              "x-send-sikkert; CPR number in the subject", "cpr_in_subject")],
                       original=original))
     assert "010203" not in msg["Subject"]
     text = text_of(msg)
@@ -136,8 +148,8 @@ def test_original_subject_is_not_in_the_dsn_subject() -> None:
 
 
 def test_delayed_report() -> None:
-    msg = parse(build([Failure("lone@gmail.example", "", "delayed", "4.4.1",
-                               "x-send-sikkert; 451 4.4.1 cannot connect", "delayed")]))
+    msg = parse(build([Notice("lone@gmail.example", "", "delayed", "4.4.1",
+                              "x-send-sikkert; 451 4.4.1 cannot connect", "delayed")]))
     assert msg["Subject"].startswith("Forsinket")
     assert "Delayed" in msg["Subject"]
     block = msg.get_payload()[1].get_payload()[1]
@@ -148,8 +160,8 @@ def test_delayed_report() -> None:
 
 
 def test_rejected_names_the_server_reply() -> None:
-    msg = parse(build([Failure("lone@gmail.example", "", "failed", "5.1.1",
-                               "smtp; 550 5.1.1 no such user", "rejected")]))
+    msg = parse(build([Notice("lone@gmail.example", "", "failed", "5.1.1",
+                              "smtp; 550 5.1.1 no such user", "rejected")]))
     text = text_of(msg)
     assert "årsag: 550 5.1.1 no such user" in text
     assert "reason: 550 5.1.1 no such user" in text
@@ -157,12 +169,12 @@ def test_rejected_names_the_server_reply() -> None:
         "smtp; 550 5.1.1 no such user"
 
 
-@pytest.mark.parametrize("kind", get_args(Kind))
-def test_every_kind_is_explained_in_both_languages(kind: str) -> None:
+@pytest.mark.parametrize("kind", [k for k in get_args(Kind) if k not in SUCCESS])
+def test_every_failure_kind_is_explained_in_both_languages(kind: str) -> None:
     action = "delayed" if kind == "delayed" else "failed"
-    msg = parse(build([Failure("lone@gmail.example", "", action,  # type: ignore[arg-type]
-                               "4.0.0" if action == "delayed" else "5.0.0",
-                               "x-send-sikkert; reason", kind)]))  # type: ignore[arg-type]
+    msg = parse(build([Notice("lone@gmail.example", "", action,  # type: ignore[arg-type]
+                              "4.0.0" if action == "delayed" else "5.0.0",
+                              "x-send-sikkert; reason", kind)]))  # type: ignore[arg-type]
     text = text_of(msg)
     assert "Hvorfor:" in text and "Det kan du gøre:" in text
     assert "Why:" in text and "What you can do:" in text
@@ -171,11 +183,101 @@ def test_every_kind_is_explained_in_both_languages(kind: str) -> None:
 
 def test_mixed_failed_and_delayed_in_one_report() -> None:
     msg = parse(build([unsafe("lone@gmail.example"),
-                       Failure("peter@hotmail.example", "", "delayed", "4.4.1",
-                               "x-send-sikkert; timeout", "delayed")]))
+                       Notice("peter@hotmail.example", "", "delayed", "4.4.1",
+                              "x-send-sikkert; timeout", "delayed")]))
     blocks = msg.get_payload()[1].get_payload()[1:]
     assert [b["Action"] for b in blocks] == ["failed", "delayed"]
     assert msg["Subject"].startswith("Ikke afleveret")
+
+
+# Success notices (RFC 3461 6.2, NOTIFY=SUCCESS)
+
+def test_relayed_matches_the_golden_file() -> None:
+    dsn = build([relayed("lone@gmail.example", "rfc822;lone@gmail.example")], envid="ENV-1")
+    golden = (GOLDEN / "relayed.dsn").read_text(encoding="utf-8")
+    assert_matches_golden(dsn.decode("utf-8"), golden)
+
+
+def test_delivered_report() -> None:
+    dsn = build([delivered("lone@gmail.example", "rfc822;lone@gmail.example",
+                           "smtp; 250 2.0.0 written to /srv/mail/Q1.1.eml"),
+                 delivered("peter@hotmail.example")])
+    msg = parse(dsn)
+    assert msg["Subject"] == "Afleveret / Delivered"
+    assert msg["Auto-Submitted"] == "auto-replied"
+    assert [p.get_content_type() for p in msg.get_payload()] == [
+        "text/plain", "message/delivery-status", "text/rfc822-headers"]
+    first, second = msg.get_payload()[1].get_payload()[1:]
+    assert first["Original-Recipient"] == "rfc822; lone@gmail.example"
+    assert (first["Final-Recipient"], first["Action"], first["Status"]) == (
+        "rfc822; lone@gmail.example", "delivered", "2.0.0")
+    assert first["Diagnostic-Code"] == "smtp; 250 2.0.0 written to /srv/mail/Q1.1.eml"
+    assert (second["Action"], second["Status"]) == ("delivered", "2.0.0")
+    assert second["Diagnostic-Code"] is None  # none given, none made up
+    text = text_of(msg)
+    english = text.index("This is an automatic message")
+    assert 0 < text.index("Din mail er afleveret til:") < english \
+        < text.index("Your message was delivered to:")
+    for address in ("lone@gmail.example", "peter@hotmail.example"):
+        assert address in text[:english] and address in text[english:]
+    assert SECRET.encode() not in dsn
+
+
+def test_relayed_report() -> None:
+    dsn = build([relayed("lone@gmail.example")])
+    msg = parse(dsn)
+    assert msg["Subject"] == "Sendt videre / Relayed"
+    [block] = msg.get_payload()[1].get_payload()[1:]
+    assert (block["Final-Recipient"], block["Action"], block["Status"]) == (
+        "rfc822; lone@gmail.example", "relayed", "2.0.0")
+    assert block["Diagnostic-Code"] == "smtp; 250 2.0.0 OK: queued as 4B2"
+    text = text_of(msg)
+    english = text.index("This is an automatic message")
+    danish = " ".join(text[:english].split())
+    assert "Din mail er sendt videre til:" in danish
+    assert ("Din mail er sendt videre til modtagerens mailserver, som ikke kan bekræfte den "
+            "endelige aflevering.") in danish
+    assert ("passed on to the recipient's mail server, which cannot confirm final delivery"
+            in " ".join(text[english:].split()))
+    assert SECRET.encode() not in dsn
+    assert all(SECRET not in str(part.get_payload()) for part in msg.walk())
+
+
+@pytest.mark.parametrize("notice", [delivered("lone@gmail.example"),
+                                    relayed("lone@gmail.example")])
+def test_success_has_nothing_to_do_and_nothing_alarming(notice: Notice) -> None:
+    msg = parse(build([notice]))
+    text = text_of(msg)
+    for absent in ("Hvorfor:", "Det kan du gøre:", "Why:", "What you can do:", "ikke afleveret",
+                   "not delivered", "årsag:", "reason:", "Digital Post", "Ring til", "Telephone",
+                   "Kontakt IT", "Contact IT"):
+        assert absent not in text
+    assert "Ikke afleveret" not in msg["Subject"] and "Undeliverable" not in msg["Subject"]
+
+
+@pytest.mark.parametrize(("actions", "subject"), [
+    (("delivered", "relayed"), "Sendt videre / Relayed"),
+    (("relayed", "delayed"), "Forsinket"),
+    (("delivered", "failed"), "Ikke afleveret: sikker mail er ikke mulig"),
+])
+def test_the_subject_tells_the_gravest_news(actions: tuple[str, ...], subject: str) -> None:
+    notices = {"delivered": delivered("a@gmail.example"), "relayed": relayed("b@gmail.example"),
+               "failed": unsafe("c@gmail.example"),
+               "delayed": Notice("d@gmail.example", "", "delayed", "4.4.1",
+                                 "x-send-sikkert; timeout", "delayed")}
+    msg = parse(build([notices[a] for a in actions]))
+    assert msg["Subject"].startswith(subject)
+    blocks = msg.get_payload()[1].get_payload()[1:]
+    assert [b["Action"] for b in blocks] == list(actions)
+
+
+def test_mixed_failure_and_success_explains_only_the_failure() -> None:
+    text = text_of(parse(build([delivered("a@gmail.example"), unsafe("c@gmail.example")])))
+    english = text.index("This is an automatic message")
+    danish = text[:english]
+    assert danish.index("Din mail er ikke afleveret til:") < danish.index("Hvorfor:") \
+        < danish.index("Din mail er afleveret til:")
+    assert danish.count("Det kan du gøre:") == 1
 
 
 def test_header_injection_through_an_address_is_impossible() -> None:
@@ -185,14 +287,14 @@ def test_header_injection_through_an_address_is_impossible() -> None:
 
 def test_a_long_diagnostic_is_folded_and_unfolds_unchanged() -> None:
     reason = "smtp; 550 5.7.1 " + " ".join(f"word{i}" for i in range(60))
-    dsn = build([Failure("lone@gmail.example", "", "failed", "5.7.1", reason, "rejected")])
+    dsn = build([Notice("lone@gmail.example", "", "failed", "5.7.1", reason, "rejected")])
     assert all(len(line) <= 998 for line in dsn.split(b"\r\n"))
     block = parse(dsn).get_payload()[1].get_payload()[1]
     assert block["Diagnostic-Code"] == reason
 
 
 def test_a_diagnostic_without_a_type_gets_ours() -> None:
-    msg = parse(build([Failure("lone@gmail.example", "", "failed", "5.7.1", "refused", "unsafe")]))
+    msg = parse(build([Notice("lone@gmail.example", "", "failed", "5.7.1", "refused", "unsafe")]))
     assert msg.get_payload()[1].get_payload()[1]["Diagnostic-Code"] == "x-send-sikkert; refused"
 
 
@@ -201,7 +303,7 @@ def test_lines_end_in_crlf() -> None:
     assert b"\n" not in dsn.replace(b"\r\n", b"")
 
 
-def test_no_failures_is_an_error() -> None:
+def test_no_notices_is_an_error() -> None:
     with pytest.raises(ValueError):
         build([])
 

@@ -30,6 +30,7 @@ async def test_writes_the_envelope_then_the_message(tmp_path: Path) -> None:
                        b"X-Envelope-To: lone@partner.test\r\n"
                        b"X-Envelope-To: bo@partner.test\r\n" + MESSAGE)
     assert result.peer == str(folder / "Q1.1.eml")
+    assert result.dsn_relayed == frozenset()  # final delivery: we are the last hop
 
 
 async def test_each_delivery_gets_the_next_number_and_nothing_is_overwritten(

@@ -20,6 +20,7 @@ from tests.support.sink import SmtpSink, server_tls
 
 OK = 250
 TEMPFAIL = 451
+TRY_LATER = 450
 BAD_MAILBOX = 550
 NULL_MX = 556
 NO_SUCH_USER = "550 5.1.1 no such user"
@@ -63,11 +64,11 @@ def resolver(dns: DnsServer) -> MxResolver:
 @asynccontextmanager
 async def mail_hosts(tls1: ssl.SSLContext | None = None, tls2: ssl.SSLContext | None = None,
                      refuse1: dict[str, str] | None = None,
-                     refuse2: dict[str, str] | None = None
-                     ) -> AsyncIterator[tuple[SmtpSink, SmtpSink]]:
+                     refuse2: dict[str, str] | None = None, dsn1: bool = False,
+                     dsn2: bool = False) -> AsyncIterator[tuple[SmtpSink, SmtpSink]]:
     """Two SMTP servers on the same port, one per MX address."""
-    async with SmtpSink(host=MX1, tls=tls1, refuse=refuse1) as one, \
-            SmtpSink(host=MX2, port=one.port, tls=tls2, refuse=refuse2) as two:
+    async with SmtpSink(host=MX1, tls=tls1, refuse=refuse1, dsn=dsn1) as one, \
+            SmtpSink(host=MX2, port=one.port, tls=tls2, refuse=refuse2, dsn=dsn2) as two:
         yield one, two
 
 
@@ -112,6 +113,35 @@ async def test_transient_refusals_move_to_the_next_mx_permanent_ones_do_not(
         "lone@partner.test": OK, "busy@partner.test": OK, "gone@partner.test": BAD_MAILBOX}
     assert one.messages[0].rcpt_tos == ["lone@partner.test"]
     assert two.messages[0].rcpt_tos == ["busy@partner.test"]
+
+
+@pytest.mark.parametrize(("dsn1", "dsn2", "relayed"), [
+    (True, False, {"lone@partner.test"}),
+    (False, True, {"busy@partner.test"}),
+    (True, True, {"lone@partner.test", "busy@partner.test"}),
+    (False, False, set()),
+])
+async def test_relayed_with_dsn_counts_what_each_mx_with_dsn_accepted(
+        resolver: MxResolver, dsn1: bool, dsn2: bool, relayed: set[str]) -> None:
+    refuse = {"busy@partner.test": MAILBOX_BUSY, "gone@partner.test": NO_SUCH_USER}
+    async with mail_hosts(refuse1=refuse, dsn1=dsn1, dsn2=dsn2) as (one, two):
+        result = await deliver(transport(resolver, one.port), "partner.test",
+                               "lone", "busy", "gone")
+    assert {a: r.code for a, r in result.replies.items()} == {
+        "lone@partner.test": OK, "busy@partner.test": OK, "gone@partner.test": BAD_MAILBOX}
+    assert (one.messages[0].rcpt_tos, two.messages[0].rcpt_tos) == (
+        ["lone@partner.test"], ["busy@partner.test"])
+    assert result.dsn_relayed == relayed
+
+
+async def test_a_deferred_recipient_is_not_relayed_with_dsn(resolver: MxResolver) -> None:
+    async with mail_hosts(refuse1={"busy@partner.test": MAILBOX_BUSY},
+                          refuse2={"busy@partner.test": GREYLISTED},
+                          dsn1=True, dsn2=True) as (one, _):
+        result = await deliver(transport(resolver, one.port), "partner.test", "lone", "busy")
+    assert {a: r.code for a, r in result.replies.items()} == {
+        "lone@partner.test": OK, "busy@partner.test": TRY_LATER}
+    assert result.dsn_relayed == {"lone@partner.test"}
 
 
 async def test_the_last_transient_reply_is_kept_when_every_mx_defers(

@@ -300,6 +300,38 @@ async def test_dsn_parameters_are_left_out_without_dsn(transport: SmtpTransport,
     assert msg.rcpt_options == {"lone@partner.test": [], "b@partner.test": []}
 
 
+async def test_recipients_accepted_by_a_dsn_server_are_relayed_with_dsn(
+        transport: SmtpTransport) -> None:
+    async with SmtpSink(dsn=True, refuse={"gone@partner.test": NO_SUCH_USER,
+                                          "busy@partner.test": MAILBOX_BUSY}) as sink:
+        result = await send(transport, sink.route, rcpts=(
+            *DSN_RCPTS, Rcpt("gone@partner.test", ("SUCCESS",)),
+            Rcpt("busy@partner.test", ("SUCCESS",))))
+    assert codes(result) == {"lone@partner.test": OK, "b@partner.test": OK,
+                             "gone@partner.test": BAD_MAILBOX, "busy@partner.test": TEMPFAIL}
+    assert result.dsn_relayed == {"lone@partner.test", "b@partner.test"}
+
+
+async def test_nothing_is_relayed_with_dsn_to_a_server_without_it(
+        transport: SmtpTransport, plain_sink: SmtpSink) -> None:
+    result = await send(transport, plain_sink.route, rcpts=DSN_RCPTS)
+    assert set(codes(result).values()) == {OK}
+    assert result.dsn_relayed == frozenset()
+
+
+async def test_a_refused_data_relays_nothing_with_dsn(transport: SmtpTransport) -> None:
+    async with SmtpSink(dsn=True, data_reply=CONTENT_REFUSAL) as sink:
+        result = await send(transport, sink.route, rcpts=DSN_RCPTS)
+    assert set(codes(result).values()) == {NO_SERVICE}
+    assert result.dsn_relayed == frozenset()
+
+
+async def test_a_failed_session_relays_nothing_with_dsn(transport: SmtpTransport) -> None:
+    result = await send(transport, f"smtp://127.0.0.1:{free_port()}", rcpts=DSN_RCPTS)
+    assert set(codes(result).values()) == {TEMPFAIL}
+    assert result.dsn_relayed == frozenset()
+
+
 async def test_eight_bit_data_is_announced(transport: SmtpTransport,
                                            plain_sink: SmtpSink) -> None:
     await send(transport, plain_sink.route, data=MESSAGE + "Ældre og omsorg\r\n".encode())
