@@ -63,3 +63,10 @@ def test_not_toml(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load(tmp_path / "none.toml")
+
+
+def test_compose_ldap_configuration_loads():
+    config = load(DEMO.parent / "ldap-demo.toml")
+    assert config.directory.backend == "ldap"
+    assert config.directory.bind_password_file is not None
+    assert config.directory.url.startswith("ldap://")
