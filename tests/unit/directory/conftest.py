@@ -32,3 +32,15 @@ def slapd(tmp_path: Path, ldap_ca: CA) -> Iterator[Slapd]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(scope="module")
+def root() -> CA:
+    """A root CA for recipient certificates, shared by a test module."""
+    return CA("Test Root CA")
+
+
+@pytest.fixture(scope="module")
+def inter(root: CA) -> CA:
+    """An issuing CA below `root`: recipients' certificates usually come from one."""
+    return CA("Test Issuing CA", parent=root)

@@ -11,23 +11,12 @@ from gateway.directory import DirectoryUnavailable
 from gateway.directory.files import FilesSource
 from gateway.directory.validate import RecipientValidator
 from gateway.model import RecipientClass
-from tests.support.pki import CA
 
 ADDRESS = "Ole.Elsen@dhl.dk"
 
 
-@pytest.fixture(scope="module")
-def root() -> CA:
-    return CA("Files Root CA")
 
 
-@pytest.fixture(scope="module")
-def inter(root: CA) -> CA:
-    return CA("Files Issuing CA", parent=root)
-
-
-def ca_der(ca: CA) -> bytes:
-    return ca.cert.public_bytes(Encoding.DER)
 
 
 async def test_indexed_by_the_addresses_named_not_the_file_name(tmp_path, root):
@@ -55,7 +44,7 @@ async def test_chain_in_the_same_file_comes_along(tmp_path, root, inter):
     leaf.write(tmp_path / "ole.pem")  # leaf, then the issuing CA
     source = FilesSource(tmp_path)
     found = await source.lookup(ADDRESS)
-    assert found == [leaf.der, ca_der(inter)]
+    assert found == [leaf.der, inter.cert.public_bytes(Encoding.DER)]
     validator = RecipientValidator([root.cert])
     try:
         assert (await validator.choose(ADDRESS, found)).cls == RecipientClass.SMIME

@@ -18,14 +18,6 @@ SMIME, UNSAFE, UNKNOWN = RecipientClass.SMIME, RecipientClass.UNSAFE, RecipientC
 ADDRESS = "Ole.Elsen@dhl.dk"
 
 
-@pytest.fixture(scope="module")
-def root() -> CA:
-    return CA("Test Root CA")
-
-
-@pytest.fixture(scope="module")
-def inter(root: CA) -> CA:
-    return CA("Test Issuing CA", parent=root)
 
 
 @pytest.fixture
