@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from gateway.api.http import make_app
-from gateway.config import Config, ConfigError
+from gateway.config import Config, ConfigError, load
 from gateway.delivery import Router
 from gateway.directory.service import CertificateDirectory, open_directory
 from gateway.edge.handler import Handler
@@ -71,6 +71,11 @@ def inbound_tls(config: Config) -> ssl.SSLContext | None:
     return context
 
 
+def _router(config: Config) -> Router:
+    return Router(hostname=config.smtp.hostname, nameservers=config.dns.nameservers,
+                  mx_port=config.routes.mx_port)
+
+
 class Gateway:
     """The running daemon."""
 
@@ -78,9 +83,9 @@ class Gateway:
         self.config = config
         self.loaded = loaded
         self.spool = Spool(config.spool.dir)
-        self.transport = Router(hostname=config.smtp.hostname,
-                                nameservers=config.dns.nameservers,
-                                mx_port=config.routes.mx_port)
+        self.transport = _router(config)
+        self.handler = Handler(self.spool, config.smtp.relay_networks, config.tags,
+                               self.enqueue)
         self.scheduler: Scheduler | None = None
         self.pipeline: Pipeline | None = None
         self.servers: list[asyncio.AbstractServer] = []
@@ -111,8 +116,7 @@ class Gateway:
         if self.loaded.directory is not None:
             await self.loaded.directory.start()
 
-        handler = Handler(self.spool, self.config.smtp.relay_networks, self.config.tags,
-                          self.enqueue)
+        handler = self.handler
         tls = inbound_tls(self.config)
         smtp = self.config.smtp
 
@@ -158,23 +162,38 @@ class Gateway:
         return True
 
     async def reload(self) -> None:
-        """SIGHUP: load the new policy beside the old one; keep the old one if it is bad."""
+        """SIGHUP: re-read the configuration and policy; keep the old ones if anything is bad.
+
+        Listeners, the spool folder and the HTTP address stay as they are until a restart.
+        """
         try:
-            loaded = await load_policy(self.config)
+            config = await asyncio.to_thread(load, self.config.path)
+            loaded = await load_policy(config)
         except ConfigError as e:
             log.error("reload refused, keeping the running configuration: %s", e)
             return
+        for key in ("smtp.listen", "smtp.hostname", "smtp.max_message_size", "smtp.tls",
+                    "http.listen", "spool.dir"):
+            section, name = key.split(".")
+            if getattr(getattr(config, section), name) != getattr(getattr(self.config, section),
+                                                                 name):
+                log.warning("%s changed: it takes effect after a restart", key)
         old = self.loaded
-        self.loaded = loaded
+        self.config, self.loaded = config, loaded
+        self.transport = _router(config)
+        self.handler.relay_networks = config.smtp.relay_networks
+        self.handler.tags = config.tags
         if self.pipeline is not None:
-            self.pipeline.policy = loaded.policy
+            self.pipeline.reconfigure(config, loaded.policy, self.transport)
+        if self.scheduler is not None:
+            self.scheduler.queue = config.queue
         if loaded.directory is not None:
             await loaded.directory.start()
         if old.directory is not None:
             await old.directory.close()
         metrics.sepo_domains.set(len(loaded.sepo))
-        log.info("reloaded: %d SEPO domain(s), %d department(s)", len(loaded.sepo),
-                 len(loaded.policy.departments))
+        log.info("reloaded %s: %d SEPO domain(s), %d department(s)", config.path,
+                 len(loaded.sepo), len(loaded.policy.departments))
         if self.scheduler is not None:
             self.scheduler.retry()
 

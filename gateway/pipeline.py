@@ -73,12 +73,16 @@ class Pipeline:
     def __init__(self, config: Config, spool: Spool, policy: Policy, transport: Transport,
                  enqueue: Callable[[Envelope], None],
                  clock: Callable[[], float] = time.time) -> None:
-        self.config = config
         self.spool = spool
-        self.policy = policy
-        self.transport = transport
         self.enqueue = enqueue
         self.clock = clock
+        self.reconfigure(config, policy, transport)
+
+    def reconfigure(self, config: Config, policy: Policy, transport: Transport) -> None:
+        """Use a new configuration from the next attempt on (SIGHUP)."""
+        self.config = config
+        self.policy = policy
+        self.transport = transport
         self.routing = Routing(config.routes, config.organisation.internal_domains)
         self.tunnel_tls = TlsPolicy(level="verify", ca_file=config.sepo.ca_file,
                                     min_version=config.sepo.min_tls)

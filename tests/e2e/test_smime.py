@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import email
 import email.policy
+import signal
 import subprocess
+import time
 from datetime import timedelta
 from email.message import EmailMessage
 from pathlib import Path
@@ -132,25 +134,37 @@ def test_expired_certificate_bounces_with_the_reason(config: GatewayConfig, daem
     assert b"fortroligt" not in dsn.read_bytes()
 
 
-def test_sighup_reloads_sepo_list_and_directory(config: GatewayConfig, daemons, ca: CA):
-    import signal
-    import time
+def test_sighup_reloads_configuration_sepo_list_and_directory(config: GatewayConfig, daemons,
+                                                              ca: CA):
     gateway = Daemon(config)
     daemons.append(gateway)
     gateway.start()
-    assert gateway.cli("check", "a@kl.dk").returncode == 1
-    assert gateway.http("/api/check?address=new@example.dk")[1]["results"][0]["class"] == \
-        "unsafe"
+    query = "/api/check?address=a@kl.dk&address=new@example.dk&address=b@nyt.dk"
+
+    def classes() -> list[str]:
+        return [r["class"] for r in gateway.http(query)[1]["results"]]
+
+    assert classes() == ["unsafe", "unsafe", "unsafe"]
     (config.root / "sepo.txt").write_text("ast.dk\nkl.dk\n")
     publish(config, ca.issue("new@example.dk"), "new")
+    text = config.path.read_text()
+    config.path.write_text(text.replace('internal_domains = ["brondby.dk"]',
+                                        'internal_domains = ["brondby.dk", "nyt.dk"]'))
     gateway.signal(signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        classes = [r["class"] for r in gateway.http(
-            "/api/check?address=a@kl.dk&address=new@example.dk")[1]["results"]]
-        if classes == ["tunnel", "smime"]:
-            break
-        time.sleep(0.1)
-    else:
-        raise AssertionError(f"reload not seen: {classes}\n{gateway.logs()}")
+    wait_for(lambda: classes() == ["tunnel", "smime", "internal"], gateway)
     assert gateway.metric("sendsikkert_sepo_domains") == 2
+
+    config.path.write_text("[smtp\nbroken")  # a bad reload keeps the running configuration
+    gateway.signal(signal.SIGHUP)
+    wait_for(lambda: "reload refused" in gateway.logs(), gateway)
+    assert classes() == ["tunnel", "smime", "internal"]
+    assert gateway.http("/healthz")[0] == 200
+
+
+def wait_for(predicate, gateway: Daemon, within: float = 10) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(gateway.logs()[-3000:])
