@@ -29,7 +29,7 @@ from gateway.policy.departments import load_departments
 from gateway.policy.sepo import SepoList, load_sepo
 from gateway.spool import admin
 from gateway.spool.scheduler import Scheduler
-from gateway.spool.store import Spool
+from gateway.spool.store import Spool, SpoolBusy
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,12 @@ class Gateway:
         self.scheduler.add(envelope)
 
     async def start(self) -> None:
+        """Claim the spool, listen, then deliver: nothing is sent before the start succeeded."""
         loop = asyncio.get_running_loop()
+        try:
+            await asyncio.to_thread(self.spool.lock)
+        except SpoolBusy as e:
+            raise ConfigError(self.config.path, "spool.dir", str(e)) from None
         await asyncio.to_thread(self.spool.prepare)
         self.pipeline = Pipeline(self.config, self.spool, self.loaded.policy, self.transport,
                                  self.enqueue)
@@ -112,10 +117,6 @@ class Gateway:
             self.scheduler.add(env)
         if recovered:
             log.info("picked up %d message(s) from the spool", len(recovered))
-        self._scheduler_task = loop.create_task(self.scheduler.run())
-        if self.loaded.directory is not None:
-            await self.loaded.directory.start()
-
         handler = self.handler
         tls = inbound_tls(self.config)
         smtp = self.config.smtp
@@ -146,6 +147,9 @@ class Gateway:
                                   f"cannot listen on {self.config.http.listen}: {e.strerror}"
                                   ) from None
             log.info("HTTP listening on %s", self.config.http.listen)
+        if self.loaded.directory is not None:
+            await self.loaded.directory.start()
+        self._scheduler_task = loop.create_task(self.scheduler.run())
 
     async def delete(self, queue_id: str) -> bool:
         """`queue delete`: drop a message and tell its sender; False for an unknown id."""

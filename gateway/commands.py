@@ -22,7 +22,7 @@ from gateway.devpki import dev_init
 from gateway.model import RecipientClass
 from gateway.policy.address import InvalidAddress, normalise
 from gateway.spool import admin
-from gateway.spool.store import Spool
+from gateway.spool.store import Spool, SpoolBusy
 
 EXIT_OK, EXIT_UNSAFE, EXIT_USAGE, EXIT_TEMPFAIL = 0, 1, 2, 75
 
@@ -125,6 +125,11 @@ async def queue(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _offline(action: str, spool: Spool, config: Config, env: Any) -> tuple[int, dict]:
+    try:
+        spool.lock()
+    except SpoolBusy:
+        return 503, {"error": f"a send-sikkert daemon holds {spool.dir}, but its API on "
+                              f"http.listen does not answer; nothing was changed"}
     if action == "delete":
         await admin.delete(spool, config, env)
         return 200, {"deleted": env.id}

@@ -9,6 +9,7 @@ worker threads so one slow write never stalls other sessions.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
 import os
@@ -24,10 +25,15 @@ log = logging.getLogger(__name__)
 BODY = ".eml"
 STATE = ".json"
 TMP = ".tmp"
+LOCK = ".lock"
 
 
 class SpoolError(Exception):
     """The spool could not be written: the message is not accepted."""
+
+
+class SpoolBusy(Exception):
+    """Another process holds the spool."""
 
 
 def new_id() -> str:
@@ -89,6 +95,22 @@ class Spool:
     def __init__(self, directory: Path) -> None:
         self.dir = directory
         self._sync = GroupSync(directory)
+        self._lock_fd: int | None = None
+
+    def lock(self) -> None:
+        """Claim the spool for this process; SpoolBusy when another one holds it.
+
+        Two daemons on one spool would deliver every message twice. The lock is an
+        flock on DIR/.lock and goes away with the process, however it ends.
+        """
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.dir / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SpoolBusy(f"another send-sikkert process is using {self.dir}") from None
+        self._lock_fd = fd
 
     def prepare(self) -> None:
         """Create the folder and clear writes that never finished (no 250 was given)."""

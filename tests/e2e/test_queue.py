@@ -99,6 +99,16 @@ def test_queue_commands_without_daemon(config: GatewayConfig, daemons):
     assert [m["sender"] for m in listing["messages"]] == [""]
 
 
+def test_second_daemon_on_the_same_spool_refuses_to_start(config: GatewayConfig, daemons):
+    start(config, daemons)
+    other = GatewayConfig(config.root / "other", config.ca)
+    other.spool = config.spool  # same queue, other ports
+    other.write()
+    result = Daemon(other).cli("serve")
+    assert result.returncode == 2
+    assert "spool.dir" in result.stderr and "another send-sikkert process" in result.stderr
+
+
 def test_serve_with_bad_configuration_exits_2_with_one_line(config: GatewayConfig):
     config.write()
     config.path.write_text(config.path.read_text().replace('min_tls = "1.2"',
