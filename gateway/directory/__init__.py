@@ -28,9 +28,5 @@ class CertificateSource(Protocol):
         """Raise DirectoryUnavailable when the source cannot be reached (for /readyz)."""
         ...
 
-    async def reload(self) -> None:
-        """Re-read the source's contents and drop caches (SIGHUP)."""
-        ...
-
     async def close(self) -> None:
         ...

@@ -93,11 +93,6 @@ class FilesSource:
         except OSError as e:
             raise DirectoryUnavailable(f"{self.path}: {e.strerror}") from None
 
-    async def reload(self) -> None:
-        """Index the folder again; on failure the old index stays and the error is raised."""
-        async with self._lock:
-            await self._build()
-
     async def close(self) -> None:
         """Drop the index."""
         self._index = None

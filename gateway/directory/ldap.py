@@ -197,7 +197,6 @@ class LdapSource:
             raise ConfigError(str(config_file) or "configuration", "directory.starttls",
                               "StartTLS cannot be used with an ldaps:// URL (already TLS)")
         self._config = config
-        self._config_file = config_file
         self._cache = LookupCache(config.cache_ttl, config.negative_cache_ttl,
                                   config.cache_size, clock=clock)
         # Each attribute is asked for as configured and without options: RFC 4522 servers
@@ -252,12 +251,6 @@ class LdapSource:
         """Read the base entry (no attributes); DirectoryUnavailable when that fails."""
         if not await self._search(*self._base_search):
             raise DirectoryUnavailable(self._missing_base)
-
-    async def reload(self) -> None:
-        """Re-read the bind password, reconnect with it on next use, forget cached answers."""
-        self._client = self._new_client(read_password(self._config, self._config_file))
-        self._drop_connections()
-        self._cache.clear()
 
     async def close(self) -> None:
         """Close the pooled connections (a later lookup would open new ones)."""

@@ -74,12 +74,6 @@ class CertificateDirectory:
         """Raise DirectoryUnavailable when the source cannot be reached (for /readyz)."""
         await self.source.ping()
 
-    async def reload(self) -> None:
-        """Re-read every CRL and the source (SIGHUP); DirectoryUnavailable if the source fails."""
-        if self.validator.crls is not None:
-            await self.validator.crls.refresh(force=True)
-        await self.source.reload()
-
     async def close(self) -> None:
         """Stop the CRL task, close the source and the validator's worker thread."""
         if self._refresher is not None:

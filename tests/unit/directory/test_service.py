@@ -137,24 +137,28 @@ async def test_missing_folder_is_unknown_and_not_ready(layout, ca, opened):
     assert (await directory.classify(ADDRESS)).cls == RecipientClass.UNKNOWN
 
 
-async def test_reload_reads_files_and_crls_again(layout, ca, opened):
+async def test_a_new_directory_reads_files_and_crls_again(layout, ca, opened):
+    """SIGHUP opens the directory anew: new certificates and new CRLs count at once."""
     folder, trust = layout
     leaf = ca.issue(ADDRESS)
     crl = folder.parent / "ca.crl"
     crl.write_bytes(ca.crl())
-    directory = open_directory(files_config(folder, trust, crls=(str(crl),)), "gateway.toml")
-    opened.append(directory)
-    await directory.start()
-    assert (await directory.classify(ADDRESS)).reason == "no certificate"
+    config = files_config(folder, trust, crls=(str(crl),))
+
+    async def reopened():
+        directory = open_directory(config, "gateway.toml")
+        opened.append(directory)
+        await directory.start()
+        return directory
+
+    first = await reopened()
+    assert (await first.classify(ADDRESS)).reason == "no certificate"
     leaf.write(folder / "ole.pem")
-    revoker = CA("Service Test CA")  # not the issuer: its list is refused, the old one stays
-    crl.write_bytes(revoker.crl())
-    await directory.reload()
-    assert (await directory.classify(ADDRESS)).cls == RecipientClass.SMIME
+    assert (await first.classify(ADDRESS)).reason == "no certificate"  # until SIGHUP
+    assert (await (await reopened()).classify(ADDRESS)).cls == RecipientClass.SMIME
     ca.revoke(leaf)
     crl.write_bytes(ca.crl())
-    await directory.reload()
-    assert (await directory.classify(ADDRESS)).reason.startswith("revoked ")
+    assert (await (await reopened()).classify(ADDRESS)).reason.startswith("revoked ")
 
 
 async def test_crls_loaded_before_the_first_answer(layout, ca, opened):
