@@ -7,11 +7,14 @@ is the answer the gateway acts on.
 
 from __future__ import annotations
 
+import logging
 from typing import Protocol
 
 from gateway.model import Decision, RecipientClass
 from gateway.policy.address import domain_matches, domain_of, normalise
 from gateway.policy.sepo import SepoList
+
+log = logging.getLogger(__name__)
 
 
 class CertificateLookup(Protocol):
@@ -41,4 +44,8 @@ class Classifier:
             return Decision(address, RecipientClass.TUNNEL, f"{domain} is a SEPO member")
         if self.directory is None:
             return Decision(address, RecipientClass.UNSAFE, "no certificate directory configured")
-        return await self.directory.classify(address)
+        try:
+            return await self.directory.classify(address)
+        except Exception as e:  # a fault is never proof that secure mail is impossible
+            log.exception("classifying %s failed", address)
+            return Decision(address, RecipientClass.UNKNOWN, f"internal error: {e}")

@@ -56,6 +56,7 @@ def test_internal_recipient_gets_content_without_tags(gateway: Daemon):
     gateway.wait_queue_empty()
     assert gateway.metric("sendsikkert_recipients_total", **{"class": "internal",
                                                             "outcome": "delivered"}) == 1
+    assert gateway.metric("sendsikkert_delivery_seconds_count", route="internal") == 1
 
 
 def test_tunnel_recipient_with_encoded_subject_tag(gateway: Daemon):

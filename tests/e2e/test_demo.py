@@ -48,6 +48,16 @@ def wait_http(port: int, proc: subprocess.Popen, log: Path) -> None:
     raise AssertionError(log.read_text())
 
 
+def test_dev_init_into_another_folder(checkout: Path):
+    out = checkout / "elsewhere"
+    result = subprocess.run([SCRIPT, "certs", "dev-init", "--dir", str(out)], cwd=checkout,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert (out / "dev" / "ca.pem").exists() and (out / "trust" / "dev-ca.pem").exists()
+    assert sorted(p.name for p in (out / "directory").glob("*.pem")) == [
+        "borger_at_example.dk.pem", "olelsen_at_dhl.dk.pem"]
+
+
 def test_demo_runs_from_the_repository_root(checkout: Path):
     env = {k: v for k, v in os.environ.items() if k != "SEND_SIKKERT_CONFIG"}
     init = subprocess.run([SCRIPT, "certs", "dev-init"], cwd=checkout, env=env,

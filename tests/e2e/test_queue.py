@@ -109,6 +109,17 @@ def test_second_daemon_on_the_same_spool_refuses_to_start(config: GatewayConfig,
     assert "spool.dir" in result.stderr and "another send-sikkert process" in result.stderr
 
 
+def test_config_check_prints_the_effective_configuration(config: GatewayConfig):
+    config.write()
+    result = Daemon(config).cli("config", "check")
+    assert result.returncode == 0, result.stderr
+    effective = json.loads(result.stdout)
+    assert effective["smtp"]["listen"] == [{"host": "127.0.0.1", "port": config.smtp_port}]
+    assert effective["departments"][0]["id"] == "aeldreomsorg"
+    assert effective["sepo"]["list"] == str(config.root / "sepo.txt")
+    assert "is valid" in result.stderr
+
+
 def test_serve_with_bad_configuration_exits_2_with_one_line(config: GatewayConfig):
     config.write()
     config.path.write_text(config.path.read_text().replace('min_tls = "1.2"',
