@@ -31,7 +31,7 @@ from gateway.policy.cpr import find_cpr
 from gateway.policy.departments import Department
 from gateway.policy.routing import Routing
 from gateway.policy.tags import read_tags, resolve_department, strip_tags
-from gateway.spool.store import Spool
+from gateway.spool.store import Spool, SpoolError
 from gateway.transform.secure import protect
 
 log = logging.getLogger(__name__)
@@ -264,10 +264,26 @@ class Pipeline:
                                 (("delivered", "relayed"), "SUCCESS")):
             chosen = [n for n in notices
                       if n.action in actions and by_address[n.address].wants(wanted)]
-            if chosen:
+            if not chosen:
+                continue
+            try:
                 dsn = await spool_dsn(self.spool, self.config, env, data, chosen)
-                if dsn is not None:
-                    self.enqueue(dsn)
+            except SpoolError as e:
+                log.error("%s: cannot queue the %s DSN: %s", env.id, chosen[0].action, e)
+                self._unreported(by_address, chosen)
+                continue
+            if dsn is not None:
+                self.enqueue(dsn)
+
+    def _unreported(self, by_address: dict[str, RecipientState],
+                    notices: Sequence[Notice]) -> None:
+        """A failure the sender was not told of is not final: try it again later."""
+        for n in notices:
+            r = by_address[n.address]
+            if n.action == "failed":
+                r.state, r.last_error = State.DEFERRED, "the bounce could not be queued"
+            elif n.action == "delayed":
+                r.delay_warned = False
 
 
 def _hop_domain(route: str, address: str) -> str:
