@@ -16,6 +16,8 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from gateway import app
 from gateway.config import Config
 from gateway.devpki import dev_init
@@ -83,6 +85,8 @@ async def config_check(config: Config) -> int:
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return {name: _plain(getattr(value, name)) for name in type(value).model_fields}
     if is_dataclass(value):
         return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, dict):

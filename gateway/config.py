@@ -1,8 +1,10 @@
-"""Load and validate the TOML configuration into frozen dataclasses.
+"""Load and validate the TOML configuration into frozen pydantic models.
 
 Every problem becomes one ConfigError naming the file and the dotted key, so that
-`send-sikkert serve` and `config check` can stop with a single clear line. Relative
-paths are resolved against the configuration file's folder; unknown keys are errors.
+`send-sikkert serve` and `config check` can stop with a single clear line (CONTRACT
+"Command line"). Relative paths are resolved against the configuration file's folder;
+unknown keys are errors. The models say what each section holds; the validators below
+them only say what TOML's types cannot.
 """
 
 from __future__ import annotations
@@ -10,10 +12,27 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StrictBool,
+    StrictStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.types import Strict
 
 DEFAULT_CONFIG = Path("policies/gateway.toml")
 CONFIG_ENV = "SEND_SIKKERT_CONFIG"
@@ -38,198 +57,9 @@ class HostPort:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-@dataclass(frozen=True)
-class SmtpTls:
-    cert: Path
-    key: Path
-    require: bool = False
-
-
-@dataclass(frozen=True)
-class SmtpConfig:
-    listen: tuple[HostPort, ...]
-    hostname: str
-    relay_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
-    max_message_size: int
-    tls: SmtpTls | None = None
-
-
-@dataclass(frozen=True)
-class HttpConfig:
-    listen: HostPort | None
-
-
-@dataclass(frozen=True)
-class SpoolConfig:
-    dir: Path
-
-
-@dataclass(frozen=True)
-class QueueConfig:
-    retry_min: float = 60
-    retry_max: float = 3600
-    delay_warning: float = 14400
-    max_age: float = 432000
-    concurrency: int = 20
-
-
-@dataclass(frozen=True)
-class OrganisationConfig:
-    name: str
-    internal_domains: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class RoutesConfig:
-    internal: str
-    default: str
-    transport: dict[str, str] = field(default_factory=dict)
-    mx_port: int = 25  # like Postfix smtp_tcp_port: the port `mx` routes connect to
-
-
-@dataclass(frozen=True)
-class DnsConfig:
-    nameservers: tuple[HostPort, ...] = ()
-
-
-@dataclass(frozen=True)
-class TagsConfig:
-    header: str
-    subject: re.Pattern[str]
-
-
-@dataclass(frozen=True)
-class SepoConfig:
-    list: Path
-    ca_file: Path | None
-    min_tls: str = "1.2"
-
-
-@dataclass(frozen=True)
-class DirectoryConfig:
-    backend: str | None  # None: no certificate directory, nobody is `smime`
-    path: Path | None = None
-    url: str = "ldap://127.0.0.1:3389"
-    base_dn: str = "c=DK"
-    filter: str = "(mail={address})"
-    attributes: tuple[str, ...] = ("userCertificate;binary", "userSMIMECertificate;binary")
-    trust_anchors: tuple[str, ...] = ()  # glob patterns, already resolved to absolute
-    intermediates: tuple[str, ...] = ()  # glob patterns for extra CA certificates
-    crls: tuple[str, ...] = ()  # file globs or http(s) URLs
-    revocation: str = "soft-fail"  # or "hard-fail": unknown revocation status -> `unknown`
-    cache_ttl: float = 3600
-    negative_cache_ttl: float = 300
-    cache_size: int = 10000
-    timeout: float = 5
-    bind_dn: str = ""
-    bind_password_file: Path | None = None
-    bind_password_env: str = ""
-    pool_size: int = 4
-    starttls: bool = False
-    ca_file: Path | None = None
-
-
-@dataclass(frozen=True)
-class DepartmentConfig:
-    id: str
-    name: str
-    mailbox: str
-    cert: Path
-    key: Path
-    stamp: str
-    senders: tuple[str, ...]
-    default_for: tuple[str, ...] = ()
-    key_passphrase_env: str = ""
-
-
-@dataclass(frozen=True)
-class Config:
-    path: Path
-    smtp: SmtpConfig
-    http: HttpConfig
-    spool: SpoolConfig
-    queue: QueueConfig
-    organisation: OrganisationConfig
-    routes: RoutesConfig
-    dns: DnsConfig
-    tags: TagsConfig
-    sepo: SepoConfig
-    directory: DirectoryConfig
-    departments: tuple[DepartmentConfig, ...]
-
-
 def config_path(arg: str | None) -> Path:
     """The file `--config`, `$SEND_SIKKERT_CONFIG` or the demo default names."""
     return Path(arg or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
-
-
-class _Reader:
-    """Typed access to one TOML table, recording which keys were read."""
-
-    def __init__(self, file: Path, prefix: str, table: Any) -> None:
-        if not isinstance(table, dict):
-            raise ConfigError(file, prefix, "must be a table")
-        self.file, self.prefix, self.table = file, prefix, table
-        self.seen: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self.prefix}.{name}" if self.prefix else name
-
-    def error(self, name: str, message: str) -> ConfigError:
-        return ConfigError(self.file, self.key(name), message)
-
-    def get(self, name: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
-        self.seen.add(name)
-        if name not in self.table:
-            if default is ...:
-                raise self.error(name, "is required")
-            return default
-        value = self.table[name]
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if isinstance(value, bool) and kind is not bool:
-            raise self.error(name, f"must be {_kind_name(kind)}, not a boolean")
-        if not isinstance(value, kind):
-            raise self.error(name, f"must be {_kind_name(kind)}")
-        return value
-
-    def strings(self, name: str, default: Any = ...) -> tuple[str, ...]:
-        value = self.get(name, list, default)
-        if not all(isinstance(v, str) for v in value):
-            raise self.error(name, "must be a list of strings")
-        return tuple(value)
-
-    def positive(self, name: str, default: Any = ...) -> float:
-        value = self.get(name, float, default)
-        if value <= 0:
-            raise self.error(name, "must be greater than 0")
-        return value
-
-    def path(self, name: str, default: Any = ...) -> Path | None:
-        value = self.get(name, str, default)
-        if not value:
-            return None
-        return resolve(self.file, value)
-
-    def table_of(self, name: str, required: bool = True) -> _Reader:
-        self.seen.add(name)
-        if name not in self.table:
-            if required:
-                raise self.error(name, "section is missing")
-            return _Reader(self.file, self.key(name), {})
-        return _Reader(self.file, self.key(name), self.table[name])
-
-    def finish(self) -> None:
-        unknown = sorted(set(self.table) - self.seen)
-        if unknown:
-            raise self.error(unknown[0], "unknown key")
-
-
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
-             list: "a list", dict: "a table"}
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
 def resolve(config_file: Path, value: str) -> Path:
@@ -253,19 +83,401 @@ def parse_hostport(text: str, default_port: int | None = None) -> HostPort:
     return HostPort(host, int(port))
 
 
-ROUTE_RE = re.compile(r"smtp://(\[[0-9A-Fa-f:.]+\]|[^:/\[\]]+):(\d+)|mx|file:.+")
+class FieldProblem(ValueError):
+    """A problem a section's validator finds with one of its keys, named by `field`."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
-def check_route(r: _Reader, name: str, value: str) -> str:
-    if not ROUTE_RE.fullmatch(value):
-        raise r.error(name, f"{value!r} is not a route (smtp://host:port, mx or file:DIR)")
-    if value.startswith("file:"):
-        return "file:" + str(resolve(r.file, value[5:]))
+# --- value types: TOML's types are kept strict (a string is never a number) ---------------
+
+Str = StrictStr
+Bool = StrictBool
+Int = Annotated[int, Strict()]
+PositiveInt = Annotated[int, Strict(), Field(gt=0)]
+Port = Annotated[int, Strict(), Field(gt=0, lt=65536)]
+Seconds = Annotated[float, Strict(), Field(gt=0)]
+NonNegative = Annotated[float, Strict(), Field(ge=0)]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _base(info: ValidationInfo) -> Path | None:
+    return (info.context or {}).get("file")
+
+
+def _path(value: Any, info: ValidationInfo) -> Path | None:
+    """A file or folder named relative to the configuration file; "" means none."""
+    if isinstance(value, Path):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("must be a string naming a file or folder")
+    if not value:
+        return None
+    base = _base(info)
+    return resolve(base, value) if base else Path(value)
+
+
+def _required_path(value: Any, info: ValidationInfo) -> Path:
+    path = _path(value, info)
+    if path is None:
+        raise ValueError("must name a file or folder")
+    return path
+
+
+def _glob(value: Any, info: ValidationInfo) -> str:
+    """A glob pattern made absolute, or an http(s) URL (CRLs) kept as it is."""
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    if re.match(r"https?://", value):
+        return value
+    base = _base(info)
+    return str(resolve(base, value)) if base else value
+
+
+def _hostport(value: Any) -> HostPort:
+    if isinstance(value, HostPort):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("must be a string host:port")
+    return parse_hostport(value)
+
+
+def _nameserver(value: Any) -> HostPort:
+    if isinstance(value, HostPort):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("must be a string host or host:port")
+    return parse_hostport(value, default_port=53)
+
+
+def _optional_hostport(value: Any) -> HostPort | None:
+    return None if value == "" or value is None else _hostport(value)
+
+
+def _network(value: Any) -> Network:
+    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("must be a string such as 10.0.0.0/8")
+    try:
+        return ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a network") from None
+
+
+def _pattern(value: Any) -> re.Pattern[str]:
+    if isinstance(value, re.Pattern):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("must be a regular expression (a string)")
+    try:
+        return re.compile(value)
+    except re.error as e:
+        raise ValueError(f"not a valid regular expression: {e}") from None
+
+
+_ROUTE = re.compile(r"smtp://(\[[0-9A-Fa-f:.]+\]|[^:/\[\]]+):(\d+)|mx|file:.+")
+
+
+def _route(value: Any, info: ValidationInfo) -> str:
+    """A route (CONTRACT "Route forms"), a `file:` folder made absolute."""
+    if not isinstance(value, str) or not _ROUTE.fullmatch(value):
+        raise ValueError(f"{value!r} is not a route (smtp://host:port, mx or file:DIR)")
+    base = _base(info)
+    if value.startswith("file:") and base:
+        return "file:" + str(resolve(base, value[5:]))
     return value
 
 
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+Listen = Annotated[HostPort, PlainValidator(_hostport)]
+NameServer = Annotated[HostPort, PlainValidator(_nameserver)]
+OptionalListen = Annotated[HostPort | None, PlainValidator(_optional_hostport)]
+Net = Annotated[Network, PlainValidator(_network)]
+FilePath = Annotated[Path, PlainValidator(_required_path)]
+OptionalPath = Annotated[Path | None, PlainValidator(_path)]
+Glob = Annotated[str, PlainValidator(_glob)]
+Route = Annotated[str, PlainValidator(_route)]
+Pattern = Annotated[re.Pattern[str], PlainValidator(_pattern)]
+LowerStr = Annotated[StrictStr, BeforeValidator(_lower)]
+
+
+class Section(BaseModel):
+    """A TOML table: frozen once loaded, and no key the gateway does not know."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+
+# --- the sections, in the order of CONTRACT "Configuration" -------------------------------
+
+class SmtpTls(Section):
+    cert: FilePath
+    key: FilePath
+    require: Bool = False
+
+
+class SmtpConfig(Section):
+    listen: Annotated[tuple[Listen, ...], Field(min_length=1)]
+    hostname: Str
+    relay_networks: tuple[Net, ...] = (ipaddress.ip_network("127.0.0.0/8"),
+                                       ipaddress.ip_network("::1/128"))
+    max_message_size: PositiveInt = 52428800
+    tls: SmtpTls | None = None
+    max_connections: PositiveInt = 1000
+    max_connections_per_client: PositiveInt = 50
+    timeout: Seconds = 300.0  # idle seconds before `421 4.4.2`
+    proxy_protocol: Bool = False  # read a PROXY header (v1 or v2) from trusted_proxies
+    trusted_proxies: tuple[Net, ...] = ()
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", value):
+            raise ValueError(f"{value!r} is not a host name")
+        return value
+
+    @model_validator(mode="after")
+    def _proxies(self) -> SmtpConfig:
+        if self.proxy_protocol and not self.trusted_proxies:
+            raise FieldProblem("trusted_proxies", "proxy_protocol needs the load balancers "
+                               "whose PROXY header is believed")
+        return self
+
+
+class HttpTls(Section):
+    cert: FilePath
+    key: FilePath
+
+
+class HttpConfig(Section):
+    listen: OptionalListen = None  # no HTTP listener without it
+    tls: HttpTls | None = None
+
+
+class SpoolConfig(Section):
+    dir: FilePath
+
+
+class QueueConfig(Section):
+    retry_min: Seconds = 60.0
+    retry_max: Seconds = 3600.0
+    delay_warning: Seconds = 14400.0
+    max_age: Seconds = 432000.0
+    concurrency: PositiveInt = 20  # messages delivered at the same time
+
+    @model_validator(mode="after")
+    def _order(self) -> QueueConfig:
+        if self.retry_max < self.retry_min:
+            raise FieldProblem("retry_max", "must not be smaller than retry_min")
+        return self
+
+
+class OrganisationConfig(Section):
+    name: Str
+    internal_domains: tuple[LowerStr, ...]
+
+
+class RoutesConfig(Section):
+    internal: Route
+    default: Route = "mx"
+    transport: dict[LowerStr, Route] = Field(default_factory=dict)
+    mx_port: Port = 25  # like Postfix smtp_tcp_port: the port `mx` routes connect to
+
+
+class DnsConfig(Section):
+    nameservers: tuple[NameServer, ...] = ()
+
+
+class TagsConfig(Section):
+    header: Str = "X-Send-Sikkert"
+    subject: Pattern = re.compile(r"(?P<keyword>[A-Za-z0-9._-]+)%%")
+
+    @field_validator("subject")
+    @classmethod
+    def _keyword(cls, value: re.Pattern[str]) -> re.Pattern[str]:
+        if "keyword" not in value.groupindex:
+            raise ValueError("needs a named group (?P<keyword>...)")
+        return value
+
+
+class SepoConfig(Section):
+    list: FilePath
+    ca_file: OptionalPath = None
+    min_tls: Literal["1.2", "1.3"] = "1.2"
+
+
+class DirectoryConfig(Section):
+    backend: Literal["files", "ldap"] | None  # None: no certificate directory, nobody is smime
+    path: OptionalPath = None
+    url: Str = "ldap://127.0.0.1:3389"
+    base_dn: Str = "c=DK"
+    filter: Str = "(mail={address})"
+    attributes: tuple[Str, ...] = ("userCertificate;binary", "userSMIMECertificate;binary")
+    trust_anchors: tuple[Glob, ...] = ()
+    intermediates: tuple[Glob, ...] = ()  # extra CA certificates for path building
+    crls: tuple[Glob, ...] = ()  # file globs or http(s) URLs
+    revocation: Literal["soft-fail", "hard-fail"] = "soft-fail"
+    cache_ttl: NonNegative = 3600.0
+    negative_cache_ttl: NonNegative = 300.0
+    cache_size: Annotated[int, Strict(), Field(ge=0)] = 10000
+    timeout: Seconds = 5.0
+    bind_dn: Str = ""
+    bind_password_file: OptionalPath = None
+    bind_password_env: Str = ""
+    pool_size: PositiveInt = 4
+    starttls: Bool = False
+    ca_file: OptionalPath = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_backend(cls, data: Any) -> Any:
+        # A [directory] table without `backend` is the files backend; no table, none.
+        if isinstance(data, dict) and data and "backend" not in data:
+            return {**data, "backend": "files"}
+        return data
+
+    @model_validator(mode="after")
+    def _complete(self) -> DirectoryConfig:
+        if self.backend == "files" and self.path is None:
+            raise FieldProblem("path", 'is required with backend = "files"')
+        if self.backend == "ldap":
+            if not re.match(r"ldaps?://", self.url):
+                raise FieldProblem("url", "must start with ldap:// or ldaps://")
+            if "{address}" not in self.filter:
+                raise FieldProblem("filter", "must contain {address}")
+            if not self.attributes:
+                raise FieldProblem("attributes", "needs at least one attribute")
+        if self.backend is not None and not self.trust_anchors:
+            raise FieldProblem("trust_anchors", "needs at least one trust anchor for recipient "
+                               "certificates")
+        return self
+
+
+class TransportSecurityConfig(Section):
+    dane: Bool = False  # RFC 7672: DNSSEC-secure TLSA records on the recipient's MX hosts
+    mta_sts: Bool = False  # RFC 8461: an MTA-STS policy in enforce mode
+    ca_file: OptionalPath = None  # for MTA-STS policy hosts and MX certificates
+
+
+class ClusterConfig(Section):
+    database: Str = ""  # PostgreSQL URL; "" = one node, files only
+    database_password_file: OptionalPath = None
+    database_password_env: Str = ""
+    node: Str = Field(default="", validate_default=True)  # default: the host name
+
+    @field_validator("database")
+    @classmethod
+    def _database(cls, value: str) -> str:
+        if not value:
+            return value
+        url = urlsplit(value)
+        if url.scheme not in ("postgresql", "postgres"):
+            raise ValueError("must be a postgresql:// URL")
+        if url.password:
+            raise ValueError("must not hold the password: use database_password_file or "
+                             "database_password_env")
+        return value
+
+    @field_validator("node")
+    @classmethod
+    def _node(cls, value: str) -> str:
+        return value or socket.gethostname()
+
+    @model_validator(mode="after")
+    def _one_password(self) -> ClusterConfig:
+        if self.database_password_file and self.database_password_env:
+            raise FieldProblem("database_password_env", "give database_password_file or "
+                               "database_password_env, not both")
+        return self
+
+
+class DlpConfig(Section):
+    cpr: Literal["secure", "block", "warn", "off"] = "secure"
+
+
+class InboundConfig(Section):
+    enabled: Bool = False  # clients outside relay_networks may send to internal recipients
+    decrypt: Bool = True  # decrypt S/MIME mail encrypted to a department certificate
+    harvest: OptionalPath = None  # store of learnt certificates; "" (the default) = off
+
+
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+class AddinConfig(Section):
+    public_url: Str = ""  # https URL at which Outlook reaches the HTTP listener; "" = no add-in
+    id: Str = ""  # the add-in's GUID, stable across upgrades
+
+    @field_validator("public_url")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        if value and not re.fullmatch(r"https://[^/\s?#]+(/[^\s?#]*)?", value):
+            raise ValueError("must be an https:// URL (Outlook loads add-ins only over https)")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _id(self) -> AddinConfig:
+        if self.public_url and not _GUID.fullmatch(self.id):
+            raise FieldProblem("id", "must be the add-in's GUID (e.g. from `uuidgen`) when "
+                               "public_url is set")
+        return self
+
+
+class DepartmentConfig(Section):
+    id: Str  # also the subject keyword: "<id>%%"
+    name: Str
+    mailbox: LowerStr  # the department's secure mailbox: signer and From
+    cert: FilePath
+    key: FilePath
+    stamp: Str = ""
+    senders: tuple[LowerStr, ...]  # who may send through this department
+    default_for: tuple[LowerStr, ...] = ()
+    key_passphrase_env: Str = ""
+    replies: Literal["person", "department"] = "person"  # Reply-To of S/MIME mail
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", value):
+            raise ValueError("may hold only letters, digits, '.', '_' and '-'")
+        return value
+
+    @field_validator("mailbox")
+    @classmethod
+    def _mailbox(cls, value: str) -> str:
+        if "@" not in value:
+            raise ValueError("must be an e-mail address")
+        return value
+
+
+class Config(Section):
+    path: Path
+    smtp: SmtpConfig
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    spool: SpoolConfig
+    queue: QueueConfig = Field(default_factory=QueueConfig)
+    organisation: OrganisationConfig
+    routes: RoutesConfig
+    dns: DnsConfig = Field(default_factory=DnsConfig)
+    tags: TagsConfig = Field(default_factory=TagsConfig)
+    sepo: SepoConfig
+    directory: DirectoryConfig = Field(default_factory=lambda: DirectoryConfig(backend=None))
+    transport_security: TransportSecurityConfig = Field(
+        default_factory=TransportSecurityConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    dlp: DlpConfig = Field(default_factory=DlpConfig)
+    inbound: InboundConfig = Field(default_factory=InboundConfig)
+    addin: AddinConfig = Field(default_factory=AddinConfig)
+    departments: tuple[DepartmentConfig, ...] = ()
+
+
 def load(path: Path) -> Config:
-    """Read and validate one configuration file."""
+    """Read and validate one configuration file; ConfigError for the first problem."""
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -275,234 +487,71 @@ def load(path: Path) -> Config:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(path, "", f"not valid TOML: {e}") from None
     path = path.resolve()
-    top = _Reader(path, "", raw)
-    config = Config(
-        path=path,
-        smtp=_smtp(top.table_of("smtp")),
-        http=_http(top.table_of("http", required=False)),
-        spool=_spool(top.table_of("spool")),
-        queue=_queue(top.table_of("queue", required=False)),
-        organisation=_organisation(top.table_of("organisation")),
-        routes=_routes(top.table_of("routes")),
-        dns=_dns(top.table_of("dns", required=False)),
-        tags=_tags(top.table_of("tags", required=False)),
-        sepo=_sepo(top.table_of("sepo")),
-        directory=_directory(top.table_of("directory", required=False)),
-        departments=_departments(path, top.get("departments", list, [])),
-    )
-    top.finish()
+    if "path" in raw:
+        raise ConfigError(path, "path", "unknown key")
+    try:
+        config = Config.model_validate({**raw, "path": path}, context={"file": path})
+    except ValidationError as e:
+        raise _config_error(path, e) from None
+    seen: set[str] = set()
+    for i, dep in enumerate(config.departments):
+        if dep.id.lower() in seen:
+            raise ConfigError(path, f"departments[{i}].id", f"{dep.id!r} is used by two "
+                                                              "departments")
+        seen.add(dep.id.lower())
     return config
 
 
-def _smtp(r: _Reader) -> SmtpConfig:
-    listen = []
-    for item in r.strings("listen"):
-        try:
-            listen.append(parse_hostport(item))
-        except ValueError as e:
-            raise r.error("listen", str(e)) from None
-    if not listen:
-        raise r.error("listen", "needs at least one host:port")
-    networks = []
-    for item in r.strings("relay_networks", ["127.0.0.0/8", "::1/128"]):
-        try:
-            networks.append(ipaddress.ip_network(item, strict=False))
-        except ValueError:
-            raise r.error("relay_networks", f"{item!r} is not a network") from None
-    size = r.get("max_message_size", int, 52428800)
-    if size <= 0:
-        raise r.error("max_message_size", "must be greater than 0")
-    tls = None
-    if "tls" in r.table:
-        t = r.table_of("tls")
-        tls = SmtpTls(cert=t.path("cert"), key=t.path("key"), require=t.get("require", bool, False))
-        if tls.cert is None or tls.key is None:
-            raise t.error("cert", "cert and key are both required for inbound STARTTLS")
-        t.finish()
-    hostname = r.get("hostname", str)
-    if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", hostname):
-        raise r.error("hostname", f"{hostname!r} is not a host name")
-    r.finish()
-    return SmtpConfig(tuple(listen), hostname, tuple(networks), size, tls)
+def _config_error(path: Path, error: ValidationError) -> ConfigError:
+    """The first validation problem as `file: dotted.key: message`."""
+    first = error.errors(include_url=False)[0]
+    loc = tuple(first["loc"])
+    problem = first.get("ctx", {}).get("error")
+    if isinstance(problem, FieldProblem):
+        loc += (problem.field,)
+    return ConfigError(path, _key(loc), _message(first))
 
 
-def _http(r: _Reader) -> HttpConfig:
-    value = r.get("listen", str, "")
-    r.finish()
-    if not value:
-        return HttpConfig(None)
-    try:
-        return HttpConfig(parse_hostport(value))
-    except ValueError as e:
-        raise r.error("listen", str(e)) from None
+def _key(loc: tuple[int | str, ...]) -> str:
+    """`departments[0].id` for a table in an array; an item of a plain list names the list."""
+    key = ""
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            if i + 1 < len(loc):
+                key += f"[{part}]"
+        else:
+            key += f".{part}" if key else part
+    return key
 
 
-def _spool(r: _Reader) -> SpoolConfig:
-    spool = SpoolConfig(r.path("dir"))
-    if spool.dir is None:
-        raise r.error("dir", "must name a folder")
-    r.finish()
-    return spool
+_MESSAGES = {
+    "missing": "is required",
+    "extra_forbidden": "unknown key",
+    "model_type": "must be a table",
+    "dict_type": "must be a table",
+    "model_attributes_type": "must be a table",
+    "too_short": "needs at least one value",
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be an integer",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "string_type": "must be a string",
+    "tuple_type": "must be a list",
+    "list_type": "must be a list",
+}
 
 
-def _queue(r: _Reader) -> QueueConfig:
-    q = QueueConfig(
-        retry_min=r.positive("retry_min", 60.0),
-        retry_max=r.positive("retry_max", 3600.0),
-        delay_warning=r.positive("delay_warning", 14400.0),
-        max_age=r.positive("max_age", 432000.0),
-        concurrency=int(r.positive("concurrency", 20)),
-    )
-    if q.retry_max < q.retry_min:
-        raise r.error("retry_max", "must not be smaller than retry_min")
-    r.finish()
-    return q
-
-
-def _organisation(r: _Reader) -> OrganisationConfig:
-    org = OrganisationConfig(
-        name=r.get("name", str),
-        internal_domains=tuple(d.lower() for d in r.strings("internal_domains")),
-    )
-    r.finish()
-    return org
-
-
-def _routes(r: _Reader) -> RoutesConfig:
-    internal = check_route(r, "internal", r.get("internal", str))
-    default = check_route(r, "default", r.get("default", str, "mx"))
-    t = r.table_of("transport", required=False)
-    transport = {}
-    for domain in list(t.table):
-        transport[domain.lower()] = check_route(t, domain, t.get(domain, str))
-    t.finish()
-    mx_port = r.get("mx_port", int, 25)
-    if not 0 < mx_port < 65536:
-        raise r.error("mx_port", "must be a port number")
-    r.finish()
-    return RoutesConfig(internal, default, transport, mx_port)
-
-
-def _dns(r: _Reader) -> DnsConfig:
-    servers = []
-    for item in r.strings("nameservers", []):
-        try:
-            servers.append(parse_hostport(item, default_port=53))
-        except ValueError as e:
-            raise r.error("nameservers", str(e)) from None
-    r.finish()
-    return DnsConfig(tuple(servers))
-
-
-def _tags(r: _Reader) -> TagsConfig:
-    header = r.get("header", str, "X-Send-Sikkert")
-    pattern = r.get("subject", str, r"(?P<keyword>[A-Za-z0-9._-]+)%%")
-    try:
-        compiled = re.compile(pattern)
-    except re.error as e:
-        raise r.error("subject", f"not a valid regular expression: {e}") from None
-    if "keyword" not in compiled.groupindex:
-        raise r.error("subject", "needs a named group (?P<keyword>...)")
-    r.finish()
-    return TagsConfig(header, compiled)
-
-
-def _sepo(r: _Reader) -> SepoConfig:
-    sepo = SepoConfig(
-        list=r.path("list"),
-        ca_file=r.path("ca_file", ""),
-        min_tls=r.get("min_tls", str, "1.2"),
-    )
-    if sepo.list is None:
-        raise r.error("list", "must name the SEPO member list file")
-    if sepo.min_tls not in ("1.2", "1.3"):
-        raise r.error("min_tls", 'must be "1.2" or "1.3"')
-    r.finish()
-    return sepo
-
-
-def _globs(r: _Reader, name: str) -> tuple[str, ...]:
-    return tuple(
-        item if re.match(r"https?://", item) else str(resolve(r.file, item))
-        for item in r.strings(name, [])
-    )
-
-
-def _directory(r: _Reader) -> DirectoryConfig:
-    if not r.table:
-        return DirectoryConfig(backend=None)
-    backend = r.get("backend", str, "files")
-    if backend not in ("files", "ldap"):
-        raise r.error("backend", 'must be "files" or "ldap"')
-    d = DirectoryConfig(
-        backend=backend,
-        path=r.path("path", ""),
-        url=r.get("url", str, DirectoryConfig.url),
-        base_dn=r.get("base_dn", str, DirectoryConfig.base_dn),
-        filter=r.get("filter", str, DirectoryConfig.filter),
-        attributes=r.strings("attributes", list(DirectoryConfig.attributes)),
-        trust_anchors=_globs(r, "trust_anchors"),
-        intermediates=_globs(r, "intermediates"),
-        crls=_globs(r, "crls"),
-        revocation=r.get("revocation", str, "soft-fail"),
-        cache_ttl=r.get("cache_ttl", float, 3600.0),
-        negative_cache_ttl=r.get("negative_cache_ttl", float, 300.0),
-        cache_size=r.get("cache_size", int, 10000),
-        timeout=r.positive("timeout", 5.0),
-        bind_dn=r.get("bind_dn", str, ""),
-        bind_password_file=r.path("bind_password_file", ""),
-        bind_password_env=r.get("bind_password_env", str, ""),
-        pool_size=r.get("pool_size", int, 4),
-        starttls=r.get("starttls", bool, False),
-        ca_file=r.path("ca_file", ""),
-    )
-    if d.revocation not in ("soft-fail", "hard-fail"):
-        raise r.error("revocation", 'must be "soft-fail" or "hard-fail"')
-    if backend == "files" and d.path is None:
-        raise r.error("path", 'is required with backend = "files"')
-    if backend == "ldap":
-        if not re.match(r"ldaps?://", d.url):
-            raise r.error("url", "must start with ldap:// or ldaps://")
-        if "{address}" not in d.filter:
-            raise r.error("filter", "must contain {address}")
-        if not d.attributes:
-            raise r.error("attributes", "needs at least one attribute")
-    if not d.trust_anchors:
-        raise r.error("trust_anchors", "needs at least one trust anchor for recipient certificates")
-    for name in ("cache_ttl", "negative_cache_ttl"):
-        if getattr(d, name) < 0:
-            raise r.error(name, "must not be negative")
-    if d.cache_size < 0 or d.pool_size < 1:
-        raise r.error("cache_size" if d.cache_size < 0 else "pool_size", "out of range")
-    r.finish()
-    return d
-
-
-def _departments(file: Path, items: list[Any]) -> tuple[DepartmentConfig, ...]:
-    result = []
-    seen: set[str] = set()
-    for i, item in enumerate(items):
-        r = _Reader(file, f"departments[{i}]", item)
-        dep = DepartmentConfig(
-            id=r.get("id", str),
-            name=r.get("name", str),
-            mailbox=r.get("mailbox", str).lower(),
-            cert=r.path("cert"),
-            key=r.path("key"),
-            stamp=r.get("stamp", str, ""),
-            senders=tuple(s.lower() for s in r.strings("senders")),
-            default_for=tuple(s.lower() for s in r.strings("default_for", [])),
-            key_passphrase_env=r.get("key_passphrase_env", str, ""),
-        )
-        if not re.fullmatch(r"[A-Za-z0-9._-]+", dep.id):
-            raise r.error("id", "may hold only letters, digits, '.', '_' and '-'")
-        if dep.id.lower() in seen:
-            raise r.error("id", f"{dep.id!r} is used by two departments")
-        seen.add(dep.id.lower())
-        if "@" not in dep.mailbox:
-            raise r.error("mailbox", "must be an e-mail address")
-        if dep.cert is None or dep.key is None:
-            raise r.error("cert" if dep.cert is None else "key", "must name a file")
-        r.finish()
-        result.append(dep)
-    return tuple(result)
+def _message(error: Any) -> str:
+    kind, ctx = error["type"], error.get("ctx", {})
+    if kind == "missing" and len(error["loc"]) == 1:
+        return "section is missing"
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    if kind == "literal_error":
+        return "must be " + str(ctx.get("expected", "")).replace("'", '"')
+    if kind in _MESSAGES:
+        return _MESSAGES[kind]
+    return str(error["msg"]).replace("Input should be", "must be", 1)

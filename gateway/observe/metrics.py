@@ -65,3 +65,27 @@ spool_write_seconds = Histogram(
     "Time to make one accepted message durable (write, fsync, rename, fsync folder).",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
 )
+dlp_findings = Counter(
+    "sendsikkert_dlp_findings_total",
+    "CPR numbers found in untagged mail, once per finding, by where and the action taken.",
+    ["where", "action"],
+)
+inbound_messages = Counter(
+    "sendsikkert_inbound_total",
+    "Mail from outside for internal recipients, by decryption result and signature.",
+    ["result", "signature"],
+)
+certificates_learnt = Counter(
+    "sendsikkert_certificates_learnt_total",
+    "Recipient certificates added to the learnt store, by source.",
+    ["source"],
+)
+tls_policy = Counter(
+    "sendsikkert_tls_policy_total",
+    "DANE and MTA-STS policy lookups for a recipient domain, by mechanism and result.",
+    ["mechanism", "result"],
+)
+cluster_database_errors = Counter(
+    "sendsikkert_cluster_database_errors_total",
+    "Operations on the shared cluster database that failed (the lookup answered unknown).",
+)

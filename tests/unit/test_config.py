@@ -70,3 +70,51 @@ def test_compose_ldap_configuration_loads():
     assert config.directory.backend == "ldap"
     assert config.directory.bind_password_file is not None
     assert config.directory.url.startswith("ldap://")
+
+
+def test_new_sections_have_the_contract_defaults():
+    config = load(DEMO)
+    assert config.smtp.max_connections == 1000
+    assert config.smtp.max_connections_per_client == 50
+    assert config.smtp.timeout == 300
+    assert config.smtp.proxy_protocol is False and config.smtp.trusted_proxies == ()
+    assert config.http.tls is None
+    assert (config.transport_security.dane, config.transport_security.mta_sts) == (False, False)
+    assert config.cluster.database == "" and config.cluster.node  # the host name
+    assert config.dlp.cpr == "secure"
+    assert (config.inbound.enabled, config.inbound.decrypt) == (False, True)
+    assert config.addin.public_url == ""
+    assert config.departments[0].replies == "person"
+
+
+def test_configuration_is_frozen():
+    config = load(DEMO)
+    with pytest.raises(ValueError):
+        config.smtp.hostname = "other"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("old,new,key,message", [
+    ("[smtp]", "[smtp]\nproxy_protocol = true", "smtp.trusted_proxies", "load balancers"),
+    ("[smtp]", "[smtp]\ntimeout = 0", "smtp.timeout", "greater than 0"),
+    ("[smtp]", '[smtp]\nmax_connections = "many"', "smtp.max_connections", "integer"),
+    ("[dns]", '[dlp]\ncpr = "maybe"\n\n[dns]', "dlp.cpr",
+     'must be "secure", "block", "warn" or "off"'),
+    ("[dns]", '[cluster]\ndatabase = "postgresql://gw:secret@db/gw"\n\n[dns]',
+     "cluster.database", "must not hold the password"),
+    ("[dns]", '[cluster]\ndatabase = "mysql://db/gw"\n\n[dns]', "cluster.database",
+     "postgresql://"),
+    ("[dns]", '[addin]\npublic_url = "http://gw.brondby.dk"\n\n[dns]', "addin.public_url",
+     "https://"),
+    ("[dns]", '[addin]\npublic_url = "https://gw.brondby.dk"\n\n[dns]', "addin.id", "GUID"),
+    ("[dns]", '[inbound]\nenabled = "yes"\n\n[dns]', "inbound.enabled", "true or false"),
+    ('stamp = "Sendt', 'replies = "me"\nstamp = "Sendt', "departments[0].replies",
+     'must be "person" or "department"'),
+    ("[spool]", "[spol]", "spool", "section is missing"),
+    ('path = "../certs/directory"\n', "", "directory.path", "required"),
+])
+def test_new_keys_are_checked(tmp_path, old, new, key, message):
+    path = write(tmp_path, old, new)
+    with pytest.raises(ConfigError) as e:
+        load(path)
+    assert e.value.key == key
+    assert message in e.value.message

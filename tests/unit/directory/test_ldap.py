@@ -6,7 +6,6 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -35,9 +34,11 @@ class Clock:
 
 
 def config(url: str, **changes: object) -> DirectoryConfig:
+    # The source never reads the trust anchors; the configuration still needs one.
     base = DirectoryConfig(backend="ldap", url=url, base_dn="c=DK", timeout=TIMEOUT,
-                           attributes=("userCertificate;binary", "userSMIMECertificate"))
-    return replace(base, **changes)
+                           attributes=("userCertificate;binary", "userSMIMECertificate"),
+                           trust_anchors=("/etc/send-sikkert/trust/*.pem",))
+    return base.model_copy(update=changes)
 
 
 @pytest.fixture
@@ -97,7 +98,7 @@ async def test_contract_default_attributes_also_read_usersmimecertificate(
     user, smime = ldap_ca.issue("anna@brondby.dk"), ldap_ca.issue("anna@brondby.dk")
     slapd.add_entry(f"cn=Anna Hansen,{ORG}", "anna@brondby.dk", [user.der])
     slapd.add_entry(f"cn=Anna H,{ORG}", "anna@brondby.dk", [smime.der], attr="userSMIMECertificate")
-    source = make_source(slapd.url, attributes=DirectoryConfig.attributes)
+    source = make_source(slapd.url, attributes=DirectoryConfig.model_fields["attributes"].default)
     assert sorted(await source.lookup("anna@brondby.dk")) == sorted([user.der, smime.der])
 
 

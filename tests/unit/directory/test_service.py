@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -203,7 +202,7 @@ def test_configuration_errors(layout, tmp_path, change, key, message):
     values = {name: (tuple(v.format(tmp=tmp_path) for v in value) if isinstance(value, tuple)
                      else Path(value.format(tmp=tmp_path)))
               for name, value in change.items()}
-    config = dataclasses.replace(files_config(folder, trust), **values)
+    config = files_config(folder, trust).model_copy(update=values)
     with pytest.raises(ConfigError) as error:
         open_directory(config, "gateway.toml")
     assert (error.value.file, error.value.key) == ("gateway.toml", key)

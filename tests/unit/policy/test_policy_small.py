@@ -38,9 +38,9 @@ def test_sepo_missing_file(tmp_path: Path):
 
 
 def test_routing_order():
-    routing = Routing(RoutesConfig("smtp://127.0.0.1:2600", "mx",
-                                   {"ast.dk": "smtp://127.0.0.1:2601",
-                                    ".region.dk": "file:/tmp/x"}), ("brondby.dk",))
+    routing = Routing(RoutesConfig(internal="smtp://127.0.0.1:2600", default="mx",
+                                   transport={"ast.dk": "smtp://127.0.0.1:2601",
+                                              ".region.dk": "file:/tmp/x"}), ("brondby.dk",))
     assert routing.route_for("brondby.dk") == "smtp://127.0.0.1:2600"
     assert routing.route_for("AST.DK") == "smtp://127.0.0.1:2601"
     assert routing.route_for("mail.region.dk") == "file:/tmp/x"

@@ -13,7 +13,8 @@ from gateway.policy.departments import Department
 from gateway.policy.tags import read_tags, resolve_department, strip_tags
 
 SAMPLES = Path(__file__).parents[2] / "fixtures" / "samples"
-TAGS = TagsConfig("X-Send-Sikkert", re.compile(r"(?P<keyword>[A-Za-z0-9._-]+)%%"))
+TAGS = TagsConfig(header="X-Send-Sikkert",
+                  subject=re.compile(r"(?P<keyword>[A-Za-z0-9._-]+)%%"))
 
 
 def sample(name: str) -> bytes:

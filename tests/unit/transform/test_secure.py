@@ -244,7 +244,7 @@ def test_from_names_the_person_via_the_department(
 
 
 def test_ascii_names_are_a_quoted_string(department: Department, pki: Pki) -> None:
-    config = dataclasses.replace(department.config, name="Jobcenter Nord", mailbox="job@b.dk")
+    config = department.config.model_copy(update={"name": "Jobcenter Nord", "mailbox": "job@b.dk"})
     job = dataclasses.replace(department, config=config)
     message = protect(sample("03-cpr-and-health-tagged.eml"), job, [pki.recipient.cert])
     assert message.startswith(b'From: "Lene Larsen via Jobcenter Nord" <job@b.dk>\r\n'
