@@ -138,6 +138,9 @@ class Envelope:
     ret: str = ""  # RFC 3461 RET: FULL or HDRS
     envid: str = ""  # RFC 3461 ENVID
     smtputf8: bool = False
+    # Accepted from a client outside smtp.relay_networks (inbound mail, CONTRACT "Inbound"):
+    # never treated as tagged, never DLP-scanned. Records written before it load as False.
+    from_outside: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
 
     @property

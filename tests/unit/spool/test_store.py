@@ -61,3 +61,15 @@ def test_prepare_drops_unfinished_writes(tmp_path):
 def test_ids_sort_by_time_and_are_unique():
     ids = [new_id() for _ in range(1000)]
     assert len(set(ids)) == 1000
+
+
+async def test_from_outside_is_kept_and_old_records_load_without_it(tmp_path):
+    spool = Spool(tmp_path)
+    spool.prepare()
+    env = envelope()
+    env.from_outside = True
+    await spool.put(env, b"x\r\n")
+    assert spool.read(env.id).from_outside is True
+    old = env.to_json()
+    del old["from_outside"]  # a record written before the field existed
+    assert Envelope.from_json(old).from_outside is False
