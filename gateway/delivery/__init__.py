@@ -98,6 +98,8 @@ class Result:
     tls_failure: bool = False  # TLS was required but could not be had or verified
     peer: str = ""  # the host that gave the last answer, for logs
     dsn_relayed: frozenset[str] = frozenset()
+    tls_version: str = ""  # of the session with `peer`, e.g. "TLSv1.3"; "" without TLS
+    tls_cipher: str = ""  # e.g. "TLS_AES_256_GCM_SHA384"
 
 
 class Transport(Protocol):

@@ -127,7 +127,6 @@ class MxTransport:
             targets = (MailHosts([literal], literal=True) if literal
                        else await self.resolver.mail_hosts(domain))
         except DeliveryError as e:
-            log.info("%s: %s: %s", queue_id, domain, e.reply)
             return same_reply(rcpts, e.reply)
         return await self._try_hosts(domain, targets, message, tls)
 
@@ -139,6 +138,8 @@ class MxTransport:
         relayed: frozenset[str] = frozenset()  # accepted by a host that advertised DSN
         last: Reply | None = None
         tls_failure, tried, peer = False, 0, ""
+        tls_version = tls_cipher = ""
+        previous = ""  # what the host before this one said, logged once we move on
         for host in targets.hosts:
             if tried == self.max_addresses:
                 break
@@ -150,31 +151,40 @@ class MxTransport:
             for address in addresses:
                 if tried == self.max_addresses:
                     break
+                if previous:  # the last host's reply goes into the result, earlier ones here
+                    log.info("%s: %s; trying the next host", message.queue_id, previous)
                 tried += 1
                 peer = describe_peer(address, self.port, host)
+                tls_version = tls_cipher = ""
                 try:
                     answer = await self.smtp.send(address, self.port, host,
                                                   replace(message, rcpts=tuple(pending)), tls)
                 except HostFailure as e:
                     last = e.reply
                     tls_failure = tls_failure or e.tls
+                    previous = f"{peer}: {e.reply}"
                     continue
                 relayed |= answer.dsn_relayed
+                tls_version, tls_cipher = answer.tls_version, answer.tls_cipher
                 for addr, reply in answer.replies.items():
                     if 400 <= reply.code < 500:
                         deferred[addr] = reply
                     else:
                         final[addr] = reply
                 pending = [r for r in pending if r.address not in final]
+                previous = f"{peer}: " + ", ".join(f"<{r.address}> {deferred[r.address]}"
+                                                   for r in pending)
                 if not pending:
-                    return Result(final, peer=peer, dsn_relayed=relayed)
+                    return Result(final, peer=peer, dsn_relayed=relayed,
+                                  tls_version=tls_version, tls_cipher=tls_cipher)
         if last is None:  # no host had an address (a host that answered left `deferred`)
             last = (Reply(550, "5.1.2", f"{domain} has no MX and no address records")
                     if targets.implicit else
                     Reply(451, "4.4.4", f"no address found for the mail hosts of {domain}"))
         for r in pending:
             final[r.address] = deferred.get(r.address) or last
-        return Result(final, tls_failure=tls_failure, peer=peer, dsn_relayed=relayed)
+        return Result(final, tls_failure=tls_failure, peer=peer, dsn_relayed=relayed,
+                      tls_version=tls_version, tls_cipher=tls_cipher)
 
 
 def _address_literal(domain: str) -> str | None:

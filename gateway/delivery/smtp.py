@@ -17,7 +17,7 @@ import logging
 import re
 import ssl
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import aiosmtplib
@@ -72,6 +72,8 @@ class HostReplies:
 
     replies: dict[str, Reply]
     dsn: bool = False  # so NOTIFY/ORCPT/RET/ENVID went with the message
+    tls_version: str = ""  # the session's TLS, for the log; "" when it was plaintext
+    tls_cipher: str = ""
 
     @property
     def dsn_relayed(self) -> frozenset[str]:
@@ -129,7 +131,8 @@ class SmtpTransport:
             answer = await self.send(route.host, route.port, route.host, message, tls)
         except HostFailure as e:
             return same_reply(rcpts, e.reply, tls_failure=e.tls, peer=peer)
-        return Result(answer.replies, peer=peer, dsn_relayed=answer.dsn_relayed)
+        return Result(answer.replies, peer=peer, dsn_relayed=answer.dsn_relayed,
+                      tls_version=answer.tls_version, tls_cipher=answer.tls_cipher)
 
     async def send(self, address: str, port: int, tls_name: str, message: Outgoing,
                    tls: TlsPolicy) -> HostReplies:
@@ -138,22 +141,13 @@ class SmtpTransport:
         `address` is what we connect to (a name or an IP address); `tls_name` is the name
         the certificate is checked against under the `verify` level.
         """
-        peer = describe_peer(address, port, tls_name)
         try:
-            try:
-                answer = await self._session(address, port, tls_name, message, tls,
-                                             starttls=True)
-            except _PlaintextRetry as e:
-                log.info("%s: %s: opportunistic TLS failed (%s), retrying in plaintext",
-                         message.queue_id, peer, e)
-                answer = await self._session(address, port, tls_name, message, tls,
-                                             starttls=False)
-        except HostFailure as e:
-            log.info("%s: %s: %s", message.queue_id, peer, e.reply)
-            raise
-        log.info("%s: %s%s: %s", message.queue_id, peer, " (DSN)" if answer.dsn else "",
-                 ", ".join(f"<{a}> {r}" for a, r in answer.replies.items()))
-        return answer
+            return await self._session(address, port, tls_name, message, tls, starttls=True)
+        except _PlaintextRetry as e:
+            log.info("%s: %s: opportunistic TLS failed (%s), retrying in plaintext",
+                     message.queue_id, describe_peer(address, port, tls_name), e)
+            return await self._session(address, port, tls_name, message, tls,
+                                       starttls=False)
 
     async def _session(self, address: str, port: int, tls_name: str, message: Outgoing,
                        tls: TlsPolicy, *, starttls: bool) -> HostReplies:
@@ -176,7 +170,12 @@ class SmtpTransport:
             except (aiosmtplib.SMTPException, OSError) as e:
                 raise HostFailure(Reply(451, "4.4.2", f"lost connection with {peer}: {e}")
                                   ) from None
-            return await self._transaction(client, message, peer)
+            ssl_object = client.get_transport_info("ssl_object")
+            answer = await self._transaction(client, message, peer)
+            if ssl_object is None:
+                return answer
+            return replace(answer, tls_version=ssl_object.version() or "",
+                           tls_cipher=(ssl_object.cipher() or ("",))[0])
         finally:
             client.close()
 

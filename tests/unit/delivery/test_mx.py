@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import ssl
 from collections.abc import AsyncIterator, Iterator
@@ -96,11 +97,17 @@ async def test_the_most_preferred_mx_gets_the_message(resolver: MxResolver) -> N
     assert result.peer == f"mx1.partner.test[{MX1}]:{one.port}"
 
 
-async def test_an_unreachable_mx_hands_over_to_the_next(resolver: MxResolver) -> None:
+async def test_an_unreachable_mx_hands_over_to_the_next(resolver: MxResolver,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
     async with mail_hosts() as (one, two):
-        result = await deliver(transport(resolver, one.port), "down.test")
+        with caplog.at_level(logging.INFO, logger="gateway.delivery"):
+            result = await deliver(transport(resolver, one.port), "down.test")
     assert only(result) == (OK, "2.0.0")
     assert len(two.messages) == 1
+    # One line for the host given up on; the one that answered is the result's (the log's).
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line.startswith("Q1: ") and line.endswith("; trying the next host")
+    assert result.peer.startswith("mx2.partner.test[")
 
 
 async def test_transient_refusals_move_to_the_next_mx_permanent_ones_do_not(
@@ -233,6 +240,8 @@ async def test_a_wrong_certificate_moves_to_the_next_mx(resolver: MxResolver,
     assert only(result) == (OK, "2.0.0")
     assert not result.tls_failure
     assert one.messages == [] and two.messages[0].tls
+    assert result.peer.startswith("mx2.partner.test[")  # the log names the host that took it
+    assert result.tls_version == two.messages[0].tls_version and result.tls_cipher
 
 
 async def test_no_verifiable_mx_defers_without_plaintext(resolver: MxResolver,

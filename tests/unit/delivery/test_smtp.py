@@ -67,6 +67,7 @@ async def test_plain_delivery_when_starttls_is_not_offered(transport: SmtpTransp
     result = await send(transport, plain_sink.route)
     assert codes(result) == {"lone@partner.test": OK}
     assert not result.tls_failure
+    assert (result.tls_version, result.tls_cipher) == ("", "")  # the log shows no TLS
     [msg] = plain_sink.messages
     assert (msg.mail_from, msg.rcpt_tos, msg.tls) == (SENDER, ["lone@partner.test"], False)
     assert msg.content == MESSAGE
@@ -101,6 +102,7 @@ async def test_verify_delivers_over_tls_to_a_trusted_host_name(
     assert not result.tls_failure
     [msg] = sink.messages
     assert msg.tls and msg.tls_version in ("TLSv1.2", "TLSv1.3")
+    assert result.tls_version == msg.tls_version and result.tls_cipher  # for the log
     assert all(tls for command, tls in sink.commands if command != "EHLO")
 
 
