@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 
 from gateway import commands
 from gateway.config import ConfigError, config_path, load
+from gateway.observe import maillog
 
 EXIT_USAGE = 2
 
@@ -24,7 +24,9 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="send-sikkert", parents=[common],
                                   description="Secure-mail gateway for Danish public bodies.")
     sub = top.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", parents=[common], help="run the daemon in the foreground")
+    serve = sub.add_parser("serve", parents=[common], help="run the daemon in the foreground")
+    serve.add_argument("--log-format", choices=("text", "json"), default="text",
+                       help="text: one line per event, like Postfix; json: one object per line")
 
     check = sub.add_parser("check", parents=[common], help="classify addresses")
     check.add_argument("--json", action="store_true", help="print the /api/check JSON")
@@ -54,9 +56,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
+    maillog.setup(getattr(args, "log_format", "text"))
     try:
         config = load(config_path(getattr(args, "config", None)))
         return asyncio.run(commands.run(args, config))

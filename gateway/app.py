@@ -85,7 +85,7 @@ class Gateway:
         self.spool = Spool(config.spool.dir)
         self.transport = _router(config)
         self.handler = Handler(self.spool, config.smtp.relay_networks, config.tags,
-                               self.enqueue)
+                               self.enqueue, loaded.policy.departments)
         self.scheduler: Scheduler | None = None
         self.pipeline: Pipeline | None = None
         self.servers: list[asyncio.AbstractServer] = []
@@ -187,6 +187,7 @@ class Gateway:
         self.transport = _router(config)
         self.handler.relay_networks = config.smtp.relay_networks
         self.handler.tags = config.tags
+        self.handler.departments = loaded.policy.departments
         if self.pipeline is not None:
             self.pipeline.reconfigure(config, loaded.policy, self.transport)
         if self.scheduler is not None:

@@ -21,10 +21,10 @@ from gateway import rawmail
 from gateway.bounce.dsn import Notice
 from gateway.bounce.report import spool_dsn
 from gateway.config import Config
-from gateway.delivery import Rcpt, Route, TlsPolicy, Transport, parse_route
+from gateway.delivery import Rcpt, Result, Route, TlsPolicy, Transport, parse_route
 from gateway.errors import Reply
 from gateway.model import Decision, Envelope, RecipientClass, RecipientState, State
-from gateway.observe import metrics
+from gateway.observe import maillog, metrics
 from gateway.policy.address import InvalidAddress, domain_of
 from gateway.policy.classify import Classifier
 from gateway.policy.cpr import find_cpr
@@ -107,7 +107,7 @@ class Pipeline:
             if refusal is not None:
                 for r in due:
                     r.cls = str(RecipientClass.UNSAFE)
-                    notices.append(self._bounce(r, "5.7.1", refusal.text, refusal.kind))
+                    notices.append(self._bounce(env, r, "5.7.1", refusal.text, refusal.kind))
                 jobs = []
             else:
                 assert department is not None
@@ -152,11 +152,12 @@ class Pipeline:
         jobs: dict[tuple[str, str, str, str], Job] = {}
         for r, decision in zip(due, decisions, strict=True):
             r.cls = str(decision.cls)
+            maillog.classified(env.id, r.address, r.cls, decision.reason)
             if decision.cls == RecipientClass.UNSAFE:
-                notices.append(self._bounce(r, "5.7.1", decision.reason, "unsafe"))
+                notices.append(self._bounce(env, r, "5.7.1", decision.reason, "unsafe"))
                 continue
             if decision.cls == RecipientClass.UNKNOWN:
-                self._defer(r, Reply(451, "4.4.3", decision.reason))
+                self._defer(env, r, Reply(451, "4.4.3", decision.reason))
                 continue
             route = (self.config.routes.internal if decision.cls == RecipientClass.INTERNAL
                      else self.routing.route_for(domain_of(r.address)))
@@ -178,7 +179,8 @@ class Pipeline:
                 except Exception as e:  # a bug or bad input must never send it unprotected
                     log.exception("%s: S/MIME protection failed", env.id)
                     for r in job.recipients:
-                        self._defer(r, Reply(451, "4.7.0", f"could not sign and encrypt: {e}"))
+                        self._defer(env, r, Reply(451, "4.7.0",
+                                                  f"could not sign and encrypt: {e}"))
                     continue
             ready.append(job)
         return ready
@@ -207,8 +209,7 @@ class Pipeline:
                 r.attempts += 1
                 r.diagnostic = f"smtp; {reply}"
                 metrics.recipients.labels(**{"class": label, "outcome": "delivered"}).inc()
-                log.info("%s: delivered to <%s> via %s (%s)", env.id, r.address, job.route,
-                         label)
+                self._log("delivered", env, r, reply, result)
                 if r.wants("SUCCESS") and r.address not in result.dsn_relayed:
                     # RFC 3461 6.2: a next hop without DSN cannot confirm; say so ourselves.
                     action = "delivered" if route.kind == "file" else "relayed"
@@ -216,27 +217,42 @@ class Pipeline:
                                           status="2.0.0", diagnostic=r.diagnostic,
                                           kind=action))
             elif reply.permanent:
-                notices.append(self._bounce(r, reply.status, str(reply), "rejected",
-                                            diagnostic=f"smtp; {reply}"))
+                notices.append(self._bounce(env, r, reply.status, str(reply), "rejected",
+                                            hop=result, reply=reply))
             else:
-                self._defer(r, reply)
+                self._defer(env, r, reply, hop=result)
 
-    def _defer(self, r: RecipientState, reply: Reply) -> None:
+    def _defer(self, env: Envelope, r: RecipientState, reply: Reply,
+               hop: Result | None = None) -> None:
+        """Try again later; `hop` is the delivery result when a next hop gave `reply`."""
         r.state, r.last_error, r.status = State.DEFERRED, str(reply), reply.status
         r.attempts += 1
         label = r.cls or "plain"
         metrics.recipients.labels(**{"class": label, "outcome": "deferred"}).inc()
-        log.info("deferred <%s>: %s", r.address, reply)
+        self._log("deferred", env, r, reply, hop)
 
-    def _bounce(self, r: RecipientState, status: str, reason: str, kind: str,
-                diagnostic: str = "") -> Notice:
+    def _bounce(self, env: Envelope, r: RecipientState, status: str, reason: str, kind: str,
+                hop: Result | None = None, reply: Reply | None = None) -> Notice:
+        """Final failure: our `reason`, or the `reply` of the next hop in `hop`."""
         r.state, r.status, r.last_error = State.BOUNCED, status, reason
         r.attempts += 1
-        r.diagnostic = diagnostic or f"x-send-sikkert; {reason}"
+        r.diagnostic = f"smtp; {reply}" if reply else f"x-send-sikkert; {reason}"
         metrics.recipients.labels(**{"class": r.cls or "plain", "outcome": "bounced"}).inc()
-        log.info("bounced <%s> (%s): %s", r.address, kind, reason)
+        self._log("bounced", env, r, reply or Reply(550, status, reason), hop)
         return Notice(address=r.address, orcpt=r.orcpt, action="failed", status=status,
                       diagnostic=r.diagnostic, kind=kind)
+
+    def _log(self, event: maillog.Outcome, env: Envelope, r: RecipientState, reply: Reply,
+             hop: Result | None) -> None:
+        """One line for one recipient's outcome: the next hop's reply, or our reason."""
+        cls, delay = r.cls or "plain", self.clock() - env.received
+        if hop is None:
+            maillog.outcome(event, env.id, r.address, cls=cls, status=reply.status,
+                            delay=delay, reason=reply.text)
+        else:
+            maillog.outcome(event, env.id, r.address, cls=cls, status=reply.status,
+                            delay=delay, relay=hop.peer, tls_version=hop.tls_version,
+                            tls_cipher=hop.tls_cipher, reply=str(reply))
 
     def _age_checks(self, env: Envelope, notices: list[Notice]) -> None:
         """Deferred too long: one delayed DSN at delay_warning, a failed DSN at max_age."""
@@ -247,9 +263,9 @@ class Pipeline:
                 continue
             if age >= queue.max_age:
                 status = r.status if r.status.startswith("4.") else "4.4.7"
-                notices.append(self._bounce(
-                    r, "5" + status[1:], f"could not be delivered in {queue.max_age:.0f} s; "
-                                         f"last error: {r.last_error}", "expired"))
+                reason = (f"could not be delivered in {queue.max_age:.0f} s; "
+                          f"last error: {r.last_error}")
+                notices.append(self._bounce(env, r, "5" + status[1:], reason, "expired"))
             elif age >= queue.delay_warning and not r.delay_warned:
                 r.delay_warned = True
                 notices.append(Notice(address=r.address, orcpt=r.orcpt, action="delayed",

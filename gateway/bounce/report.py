@@ -13,7 +13,7 @@ from gateway import rawmail
 from gateway.bounce.dsn import Notice, build_dsn
 from gateway.config import Config
 from gateway.model import Envelope, RecipientState
-from gateway.observe import metrics
+from gateway.observe import maillog, metrics
 from gateway.spool.store import Spool, new_id
 
 log = logging.getLogger(__name__)
@@ -33,5 +33,5 @@ async def spool_dsn(spool: Spool, config: Config, env: Envelope, data: bytes,
                    received=time.time())
     await spool.put(dsn, report)
     metrics.dsn_sent.labels(action=notices[0].action).inc()
-    log.info("%s: %s DSN %s queued for <%s>", env.id, notices[0].action, dsn.id, env.sender)
+    maillog.dsn(env.id, dsn_id=dsn.id, action=notices[0].action, recipient=env.sender)
     return dsn

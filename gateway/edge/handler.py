@@ -21,9 +21,10 @@ from gateway import rawmail
 from gateway.config import TagsConfig
 from gateway.edge.protocol import GatewaySMTP
 from gateway.model import Envelope, RecipientState
-from gateway.observe import metrics
+from gateway.observe import maillog, metrics
 from gateway.policy.address import InvalidAddress, normalise
-from gateway.policy.tags import read_tags
+from gateway.policy.departments import Department
+from gateway.policy.tags import read_tags, resolve_department
 from gateway.spool.store import Spool, SpoolError, new_id
 
 log = logging.getLogger(__name__)
@@ -40,11 +41,13 @@ class Handler:
     """Receives messages for the gateway; one instance serves every listener."""
 
     def __init__(self, spool: Spool, relay_networks: Sequence[ipaddress._BaseNetwork],
-                 tags: TagsConfig, on_accepted: Callable[[Envelope], None]) -> None:
+                 tags: TagsConfig, on_accepted: Callable[[Envelope], None],
+                 departments: Sequence[Department] = ()) -> None:
         self.spool = spool
         self.relay_networks = tuple(relay_networks)
         self.tags = tags
         self.on_accepted = on_accepted
+        self.departments = tuple(departments)  # only to name the department in the log
 
     def may_relay(self, peer: object) -> bool:
         try:
@@ -67,7 +70,8 @@ class Handler:
                           rcpt_options: list[str]) -> str:
         if not self.may_relay(session.peer):
             metrics.smtp_rejections.labels(reason="relay_denied").inc()
-            log.warning("relay denied for %s (client %s)", address, session.peer)
+            maillog.reject(client=_client(session), sender=_sender(envelope),
+                           recipient=address, reply=RELAY_DENIED)
             return RELAY_DENIED
         try:
             address = normalise(address)
@@ -86,19 +90,20 @@ class Handler:
         # A scan of a large message would stall every other session: run it in a thread.
         if await asyncio.to_thread(_BARE_CR_OR_LF.search, data):
             metrics.smtp_rejections.labels(reason="bare_line_ending").inc()
-            log.warning("refused message from %s: bare CR or LF", session.peer)
+            maillog.reject(client=_client(session), sender=_sender(envelope),
+                           recipient=",".join(envelope.rcpt_tos), reply=BARE_LINE_ENDING)
             return BARE_LINE_ENDING
-        sender = envelope.mail_from if envelope.mail_from != "<>" else ""
+        sender = _sender(envelope)
         queued = Envelope(
             id=new_id(),
-            sender=sender or "",
+            sender=sender,
             recipients=[
                 RecipientState(address=a, notify=server.dsn.rcpt.get(a, ((), ""))[0],
                                orcpt=server.dsn.rcpt.get(a, ((), ""))[1])
                 for a in envelope.rcpt_tos
             ],
             received=time.time(),
-            client=str(session.peer[0]) if isinstance(session.peer, tuple) else "",
+            client=_client(session),
             helo=session.host_name or "",
             ret=server.dsn.ret,
             envid=server.dsn.envid,
@@ -110,9 +115,23 @@ class Handler:
             log.error("spool write failed: %s", e)
             return SPOOL_FAILED
         fields, _ = rawmail.split(data[:65536])
-        tagged = read_tags(fields, self.tags).tagged
-        metrics.messages_received.labels(tagged=str(tagged).lower()).inc()
-        log.info("queued %s from <%s> for %d recipient(s) (client %s)", queued.id, sender,
-                 len(queued.recipients), queued.client)
+        tagging = read_tags(fields, self.tags)
+        metrics.messages_received.labels(tagged=str(tagging.tagged).lower()).inc()
+        department = (resolve_department(tagging, sender, self.departments)
+                      if tagging.tagged else None)
+        message_id = (rawmail.get(fields, "Message-ID") or "").strip()
+        maillog.received(queued.id, client=queued.client, helo=queued.helo, sender=sender,
+                         size=len(data), message_id=message_id, tagged=tagging.tagged,
+                         department=department.id if department else "",
+                         nrcpt=len(queued.recipients))
         self.on_accepted(queued)
         return f"250 2.0.0 Ok: queued as {queued.id}"
+
+
+def _client(session: Session) -> str:
+    return str(session.peer[0]) if isinstance(session.peer, tuple) else ""
+
+
+def _sender(envelope: SmtpEnvelope) -> str:
+    """MAIL FROM's address; "" for the null sender (aiosmtpd keeps it as "<>")."""
+    return "" if envelope.mail_from in (None, "<>") else envelope.mail_from

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from gateway.config import QueueConfig
 from gateway.model import Envelope, State
-from gateway.observe import metrics
+from gateway.observe import maillog, metrics
 from gateway.spool.store import Spool
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ class Scheduler:
                 if env.done:
                     await self.spool.remove(env.id)
                     self.messages.pop(env.id, None)
-                    log.info("%s finished", env.id)
+                    maillog.removed(env.id)
                 else:
                     await self.spool.update(env)
         except Exception:

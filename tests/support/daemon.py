@@ -145,16 +145,19 @@ min_tls = "{self.min_tls}"
 class Daemon:
     """One `send-sikkert serve` process."""
 
-    def __init__(self, config: GatewayConfig, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: GatewayConfig, env: dict[str, str] | None = None,
+                 serve_args: tuple[str, ...] = ()) -> None:
         self.config = config
         self.env = {**os.environ, **(env or {})}
+        self.serve_args = serve_args  # e.g. ("--log-format", "json")
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = config.root / "gateway.log"
 
     def start(self, timeout: float = 20) -> Daemon:
         self.config.write()
         with open(self.log, "ab") as log:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen([SCRIPT, "--config", str(self.config.path), "serve"],
+            self.proc = subprocess.Popen([SCRIPT, "--config", str(self.config.path), "serve",
+                                          *self.serve_args],
                                          stdout=subprocess.DEVNULL, stderr=log, env=self.env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

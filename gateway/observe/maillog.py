@@ -1,0 +1,192 @@
+"""Logging: one line per mail event, keyed by queue id, as text (like Postfix) or JSON.
+
+A mail administrator asked "where is my mail?" greps the queue id (or the Message-ID,
+which the `received` line names) and reads the message's road: `received`, one
+`classified` per recipient of tagged mail, one `delivered`, `deferred` or `bounced` per
+recipient and attempt, `dsn` when a notice was queued (naming the notice's own queue id),
+`removed` when the message left the queue. Refusals before a message has a queue id are
+`reject` events under `NOQUEUE`, as Postfix writes them.
+
+The vocabulary lives here and nowhere else: modules call the event functions below, one
+call per event, one line per call. The fields are the same in both formats: `text`
+writes `QUEUEID: event key=value ...` (addresses in angle brackets, values with spaces
+quoted), `json` one object per line with the same keys (`serve --log-format json`).
+Message bodies and keys never reach these functions; free text that comes from outside
+(replies, reasons, Message-IDs) has anything shaped like a CPR number masked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from datetime import datetime
+from typing import IO, Literal
+
+from gateway.policy.cpr import find_cpr
+
+LogFormat = Literal["text", "json"]
+Outcome = Literal["delivered", "deferred", "bounced"]
+NOQUEUE = "NOQUEUE"
+
+mail = logging.getLogger("gateway.mail")
+
+_ADDRESS_KEYS = frozenset({"from", "to"})
+_FREE_TEXT_KEYS = frozenset({"reason", "reply", "message_id", "helo"})
+_NEEDS_QUOTES = re.compile(r'[\s"=\\]|[^\x21-\x7e\u00a0-\uffff]')
+_CPR_SHAPED = re.compile(r"\d{6}[- ]?\d{4}")
+CPR_MASK = "XXXXXX-XXXX"
+MAX_TEXT = 1000  # characters of one free-text value (a Message-ID may be 998 bytes long)
+
+
+class Event:
+    """One mail event: what happened to which queued message, and its fields.
+
+    Used as the log record's message, so a plain `logging` handler (pytest's caplog, a
+    QueueHandler) still sees the text line; the formatters below read the fields.
+    """
+
+    __slots__ = ("event", "fields", "queue_id")
+
+    def __init__(self, queue_id: str, event: str, fields: dict[str, object]) -> None:
+        self.queue_id = queue_id
+        self.event = event
+        self.fields = fields
+
+    def __str__(self) -> str:
+        parts = [f"{self.queue_id}: {self.event}"]
+        for key, value in self.fields.items():
+            parts.append(f"{key}={_text_value(key, value)}")
+        return " ".join(parts)
+
+    def as_json(self) -> dict[str, object]:
+        return {"event": self.event, "queue_id": self.queue_id, **self.fields}
+
+
+def _text_value(key: str, value: object) -> str:
+    if key in _ADDRESS_KEYS:
+        value = f"<{value}>"
+    elif isinstance(value, bool):
+        return "true" if value else "false"
+    text = str(value)
+    if not text or _NEEDS_QUOTES.search(text):
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
+def _mask(text: str) -> str:
+    """Free text with every CPR-shaped number that is a valid CPR number masked."""
+    if not _CPR_SHAPED.search(text):
+        return text  # the common case: no ten-digit run at all
+    while (found := find_cpr(text)) is not None:
+        text = text.replace(found, CPR_MASK)
+    return text
+
+
+def _emit(queue_id: str, event: str, fields: dict[str, object],
+          level: int = logging.INFO) -> None:
+    if not mail.isEnabledFor(level):
+        return
+    kept: dict[str, object] = {}
+    for key, value in fields.items():
+        if (value is None or value == "") and key not in _ADDRESS_KEYS:
+            continue  # absent, except an address: the null sender is from=<>
+        if key in _FREE_TEXT_KEYS:
+            value = _mask(str(value)[:MAX_TEXT])
+        kept[key] = value
+    record = Event(queue_id, event, kept)
+    mail.log(level, record, extra={"mail_event": record})
+
+
+# The events, in the order a message meets them.
+
+def received(queue_id: str, *, client: str, helo: str, sender: str, size: int,
+             message_id: str, tagged: bool, department: str, nrcpt: int) -> None:
+    """The edge accepted a message and it is on disk (the 250 went out)."""
+    _emit(queue_id, "received", {"client": client, "helo": helo, "from": sender,
+                                 "size": size, "message_id": message_id, "tagged": tagged,
+                                 "department": department, "nrcpt": nrcpt})
+
+
+def reject(*, client: str, sender: str, recipient: str, reply: str) -> None:
+    """The edge refused a command before the message had a queue id."""
+    _emit(NOQUEUE, "reject", {"client": client, "from": sender, "to": recipient,
+                              "reply": reply})
+
+
+def classified(queue_id: str, recipient: str, cls: str, reason: str) -> None:
+    """A recipient of tagged mail got its class for this attempt."""
+    _emit(queue_id, "classified", {"to": recipient, "class": cls, "reason": reason})
+
+
+def outcome(event: Outcome, queue_id: str, recipient: str, *, cls: str, status: str,
+            delay: float, relay: str = "", tls_version: str = "", tls_cipher: str = "",
+            reply: str = "", reason: str = "") -> None:
+    """What one attempt did for one recipient.
+
+    `reply` is the next hop's answer (with `relay`, and the TLS the session used);
+    `reason` is the gateway's own when no next hop was asked.
+    """
+    _emit(queue_id, event, {"to": recipient, "class": cls, "relay": relay,
+                            "tls_version": tls_version, "tls_cipher": tls_cipher,
+                            "status": status, "reply": reply, "reason": reason,
+                            "delay": round(delay, 2)})
+
+
+def dsn(queue_id: str, *, dsn_id: str, action: str, recipient: str) -> None:
+    """A delivery status notification about `queue_id` was queued as `dsn_id`."""
+    _emit(queue_id, "dsn", {"dsn_id": dsn_id, "action": action, "to": recipient})
+
+
+def removed(queue_id: str) -> None:
+    """Every recipient is final: the message left the queue."""
+    _emit(queue_id, "removed", {})
+
+
+# Formatters and setup.
+
+def _timestamp(record: logging.LogRecord) -> str:
+    return datetime.fromtimestamp(record.created).astimezone().isoformat(
+        timespec="milliseconds")
+
+
+class TextFormatter(logging.Formatter):
+    """`2025-06-02T10:15:00.123+02:00 INFO gateway.mail[4711]: 0A1B2C: delivered to=<...>`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = (f"{_timestamp(record)} {record.levelname} {record.name}[{record.process}]: "
+                f"{record.getMessage()}")
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, pid, then the event's fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, object] = {"time": _timestamp(record),
+                                   "level": record.levelname.lower(),
+                                   "logger": record.name, "pid": record.process}
+        event = getattr(record, "mail_event", None)
+        if isinstance(event, Event):
+            data.update(event.as_json())
+        else:
+            data["message"] = record.getMessage()
+        if record.exc_info:
+            data["exc"] = self.formatException(record.exc_info)
+        return json.dumps(data, ensure_ascii=False, default=str)
+
+
+def setup(fmt: LogFormat = "text", stream: IO[str] | None = None,
+          level: int = logging.INFO) -> None:
+    """Send every log record to `stream` (stderr) in one format, replacing other handlers."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
