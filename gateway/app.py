@@ -2,7 +2,8 @@
 
 The SMTP listeners (aiosmtpd on `loop.create_server`), the scheduler with its delivery
 attempts and the HTTP API share the daemon's own loop. SIGHUP reloads the SEPO list,
-departments and directory; SIGTERM/SIGINT stop gracefully.
+departments and directory, and the SEPO list is also re-read when its file changes;
+SIGTERM/SIGINT stop gracefully.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from gateway.observe import metrics
 from gateway.pipeline import Pipeline, Policy
 from gateway.policy.classify import Classifier
 from gateway.policy.departments import load_departments
-from gateway.policy.sepo import SepoList, load_sepo
+from gateway.policy.sepo import SepoList, SepoWatch, load_sepo
 from gateway.spool import admin
 from gateway.spool.scheduler import Scheduler
 from gateway.spool.store import Spool, SpoolBusy
@@ -91,7 +92,11 @@ class Gateway:
         self.servers: list[asyncio.AbstractServer] = []
         self.http: web.AppRunner | None = None
         self._scheduler_task: asyncio.Task[None] | None = None
+        self._sepo_watch = SepoWatch(config.path)
+        self._sepo_task: asyncio.Task[None] | None = None
         metrics.sepo_domains.set(len(loaded.sepo))
+        for source in ("configuration", "sepo"):
+            metrics.last_reload_successful.labels(source=source).set(1)
 
     @property
     def classifier(self) -> Classifier:
@@ -150,6 +155,20 @@ class Gateway:
         if self.loaded.directory is not None:
             await self.loaded.directory.start()
         self._scheduler_task = loop.create_task(self.scheduler.run())
+        self._sepo_task = loop.create_task(self._watch_sepo())
+
+    async def _watch_sepo(self) -> None:
+        """Re-read the SEPO list when its file changes: operators replace it from cron."""
+        while True:
+            await asyncio.sleep(self.config.sepo.watch_interval or 5)
+            if not self.config.sepo.watch_interval:
+                continue  # switched off (it can be switched on again by SIGHUP)
+            current = self.loaded.sepo
+            new = await asyncio.to_thread(self._sepo_watch.poll, current)
+            if new is not None and self.loaded.sepo is current:  # no SIGHUP came between
+                self.loaded.sepo = new
+                self.classifier.sepo = new
+                metrics.sepo_domains.set(len(new))
 
     async def delete(self, queue_id: str) -> bool:
         """`queue delete`: drop a message and tell its sender; False for an unknown id."""
@@ -174,6 +193,7 @@ class Gateway:
             config = await asyncio.to_thread(load, self.config.path)
             loaded = await load_policy(config)
         except ConfigError as e:
+            metrics.last_reload_successful.labels(source="configuration").set(0)
             log.error("reload refused, keeping the running configuration: %s", e)
             return
         for key in ("smtp.listen", "smtp.hostname", "smtp.max_message_size", "smtp.tls",
@@ -197,6 +217,8 @@ class Gateway:
         if old.directory is not None:
             await old.directory.close()
         metrics.sepo_domains.set(len(loaded.sepo))
+        for source in ("configuration", "sepo"):
+            metrics.last_reload_successful.labels(source=source).set(1)
         log.info("reloaded %s: %d SEPO domain(s), %d department(s)", config.path,
                  len(loaded.sepo), len(loaded.policy.departments))
         if self.scheduler is not None:
@@ -206,6 +228,8 @@ class Gateway:
         """Stop accepting, let attempts in flight finish, then close everything."""
         for server in self.servers:
             server.close()
+        if self._sepo_task is not None:
+            self._sepo_task.cancel()
         if self.scheduler is not None:
             await self.scheduler.stop()
         if self._scheduler_task is not None:

@@ -309,6 +309,7 @@ class SepoConfig(Section):
     list: FilePath
     ca_file: OptionalPath = None
     min_tls: Literal["1.2", "1.3"] = "1.2"
+    watch_interval: NonNegative = 10.0  # seconds between looks at the list file; 0: SIGHUP only
 
 
 class DirectoryConfig(Section):

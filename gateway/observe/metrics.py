@@ -89,3 +89,9 @@ cluster_database_errors = Counter(
     "sendsikkert_cluster_database_errors_total",
     "Operations on the shared cluster database that failed (the lookup answered unknown).",
 )
+last_reload_successful = Gauge(
+    "sendsikkert_last_reload_successful",
+    "1 when the last reload of this source succeeded, 0 when it was refused and the running "
+    "one kept (configuration: SIGHUP; sepo: the list file changed).",
+    ["source"],
+)

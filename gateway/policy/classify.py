@@ -26,7 +26,7 @@ class CertificateLookup(Protocol):
 
 
 class Classifier:
-    """Classifies addresses; its lists are swapped whole on SIGHUP."""
+    """Classifies addresses; its lists are swapped whole (SIGHUP, a changed SEPO file)."""
 
     def __init__(self, internal_domains: tuple[str, ...], sepo: SepoList,
                  directory: CertificateLookup | None) -> None:

@@ -49,6 +49,7 @@ class GatewayConfig:
     sepo: list[str] = field(default_factory=lambda: ["ast.dk"])
     sepo_ca_file: str = ""
     min_tls: str = "1.2"
+    sepo_watch_interval: float = 10
     retry_min: float = 1
     retry_max: float = 2
     delay_warning: float = 3600
@@ -134,6 +135,7 @@ subject = '(?P<keyword>[A-Za-z0-9._-]+)%%'
 list = "sepo.txt"
 ca_file = "{self.sepo_ca_file}"
 min_tls = "{self.min_tls}"
+watch_interval = {self.sepo_watch_interval}
 
 {directory}
 {departments}
