@@ -30,8 +30,9 @@ from gateway.policy.classify import Classifier
 from gateway.policy.cpr import find_cpr
 from gateway.policy.departments import Department
 from gateway.policy.routing import Routing
-from gateway.policy.tags import read_tags, resolve_department, strip_tags
+from gateway.policy.tags import read_tags, resolve_department
 from gateway.spool.store import Spool, SpoolError
+from gateway.transform.headers import outgoing
 from gateway.transform.secure import protect
 
 log = logging.getLogger(__name__)
@@ -97,10 +98,12 @@ class Pipeline:
         fields, _ = rawmail.split(data)
         tagging = read_tags(fields, self.config.tags)
         notices: list[Notice] = []
-        stripped = await asyncio.to_thread(strip_tags, data, self.config.tags)
+        stripped = await asyncio.to_thread(outgoing, data, self.config.tags)
         if not tagging.tagged:
             jobs = self._plain_jobs(due, stripped)
         else:
+            if tagging.doubt:
+                log.warning("%s: handled as tagged: %s", env.id, tagging.doubt)
             policy = self.policy
             department = resolve_department(tagging, env.sender, policy.departments)
             refusal = self._refusal(department, env.sender, tagging.subject)

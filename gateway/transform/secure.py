@@ -4,7 +4,8 @@ The content header fields and the body become the inner entity (RFC 8551 3.1); i
 the department's stamp, is signed by the department (RFC 1847 multipart/signed) and
 encrypted to the recipients and the department (RFC 5652 EnvelopedData). The outer
 header fields stay readable: From names the person "via" the department's mailbox and
-Reply-To takes the person's own address (RFC 5322 3.6.2), encoded by RFC 2047.
+Reply-To takes the person's own address (RFC 5322 3.6.2). The display name is written
+anew by `rawmail`, RFC 2047-encoded: decoded text is never pasted into a header.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from asn1crypto import cms
 from cryptography import x509
 
+from gateway import rawmail
 from gateway.policy.departments import Department
 from gateway.transform import smime
 from gateway.transform.mime import CRLF, canonical, header_fields, parse_headers, split_entity
@@ -29,10 +31,6 @@ _ENVELOPED_TYPES = {"1.2.840.113549.1.7.3", "1.2.840.113549.1.9.16.1.23"}  # (au
 # Bcc would reveal hidden recipients; Return-Path is the final MTA's; the person's
 # Reply-To and Sender give way to the Reply-To this gateway writes.
 _DROPPED = {"bcc", "return-path", "reply-to", "sender"}
-_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+")  # RFC 5322 atext
-_Q_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!*+-/")
-_ENCODED_TEXT_MAX = 63  # "=?utf-8?q?" + 63 + "?=": 75 characters (RFC 2047 2)
-_LINE_MAX = 78  # RFC 5322 2.1.1
 _FOLD = re.compile(r"\r?\n[ \t]*")
 
 
@@ -89,10 +87,7 @@ def _from_field(original: bytes | None, department: Department) -> bytes:
     """`From: "<person> via <department>" <mailbox>`, the person read from `original`."""
     person = _person(original) if original else None
     display = f"{person} via {department.name}" if person else department.name
-    if display.isascii():
-        quoted = display.replace("\\", "\\\\").replace('"', '\\"')
-        return f'From: "{quoted}" <{department.mailbox}>'.encode("ascii") + CRLF
-    return _fold("From", [*_phrase(display), f"<{department.mailbox}>"])
+    return rawmail.make_address_field("From", display, department.mailbox).raw
 
 
 def _person(field: bytes) -> str | None:
@@ -111,49 +106,3 @@ def _person(field: bytes) -> str | None:
     if not addresses:
         return None
     return addresses[0].display_name.strip() or addresses[0].username or None
-
-
-def _phrase(display: str) -> list[str]:
-    """A display name as atoms and RFC 2047 encoded words (RFC 2047 5(3))."""
-    # Words that need encoding are encoded together with the spaces between them, and
-    # plain words stay plain: adjacent encoded words would lose or (in some readers,
-    # Python's among them) double the space between them.
-    pieces: list[str] = []
-    run: list[str] = []
-    for word in display.split():
-        if _ATOM.fullmatch(word) and "=?" not in word:  # "=?" would read as an encoded word
-            if run:
-                pieces += _encoded_words(" ".join(run))
-                run = []
-            pieces.append(word)
-        else:
-            run.append(word)
-    if run:
-        pieces += _encoded_words(" ".join(run))
-    return pieces
-
-
-def _encoded_words(text: str) -> list[str]:
-    """`text` as Q-encoded UTF-8 words of at most 75 characters each."""
-    words, current = [], ""
-    for char in text:
-        encoded = "_" if char == " " else "".join(
-            chr(b) if b in _Q_SAFE else f"={b:02X}" for b in char.encode("utf-8"))
-        if len(current) + len(encoded) > _ENCODED_TEXT_MAX:
-            words.append(current)
-            current = ""
-        current += encoded
-    words.append(current)
-    return [f"=?utf-8?q?{word}?=" for word in words]
-
-
-def _fold(name: str, pieces: list[str]) -> bytes:
-    """A header field of space-separated `pieces`, folded before 78 characters."""
-    field, width = name + ":", len(name) + 1
-    for piece in pieces:
-        if width + 1 + len(piece) > _LINE_MAX and width > len(name) + 1:
-            field += "\r\n"
-            width = 0
-        field += " " + piece
-        width += 1 + len(piece)
-    return field.encode("ascii") + CRLF

@@ -313,3 +313,23 @@ def test_false_encryption_label_is_still_encrypted(department: Department, pki: 
     message = protect(original, department, [pki.recipient.cert])
     assert b"220910-1234" not in message
     assert b"220910-1234" in read(message, pki, openssl)[1]
+
+
+@pytest.mark.parametrize("display", [
+    b"=?utf-8?q?Lene=0D=0ABcc=3A_hidden=40ast=2Edk?=",
+    b"=?utf-8?q?Lene=0ABcc=3A_hidden=40ast=2Edk?=",
+    b"=?utf-8?q?Lene=22=0D=0ABcc=3A_hidden=40ast=2Edk?=",
+    b"=?utf-8?q?Lene=00Larsen?=",
+])
+def test_from_display_name_cannot_inject_header_fields(display: bytes, department: Department,
+                                                        pki: Pki) -> None:
+    original = sample("03-cpr-and-health-tagged.eml").replace(
+        b"From: Lene Larsen <lela@brondby.dk>", b"From: " + display + b" <lela@brondby.dk>")
+    message = protect(original, department, [pki.recipient.cert])
+    head = message.partition(b"\r\n\r\n")[0]
+    from_field = head[:head.index(b"\r\nReply-To:")]
+    assert b"\0" not in from_field and b"\r\n" not in from_field.replace(b"\r\n ", b"")
+    assert b"\r\nBcc:" not in head and b"\nBcc:" not in head
+    parsed = parse(message)
+    assert parsed["From"].addresses[0].addr_spec == "aeldreomsorg@brondby.dk"
+    assert "Bcc" not in parsed
