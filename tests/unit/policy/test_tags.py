@@ -153,7 +153,7 @@ def test_tags_naming_two_departments_name_none():
 # Header injection: a decoded subject is never pasted back as it is.
 
 @pytest.mark.parametrize("subject", [
-    b"=?utf-8?q?aeldreomsorg=25=25=0D=0ABcc=3A_evil=40hotmail=2Edk?=",
+    b"=?utf-8?q?SV:_aeldreomsorg=25=25=0D=0ABcc=3A_evil=40hotmail=2Edk?=",
     b"=?utf-8?q?aeldreomsorg=25=25_x=0ABcc=3A_evil=40hotmail=2Edk?=",
     b"=?utf-8?b?" + __import__("base64").b64encode(b"aeldreomsorg%% a\r\n\r\nbody") + b"?=",
     b"=?utf-8?q?aeldreomsorg=25=25_nul=00here?=",
