@@ -21,6 +21,7 @@ from gateway.config import Config, ConfigError, load
 from gateway.delivery import Router
 from gateway.directory.service import CertificateDirectory, open_directory
 from gateway.edge.handler import Handler
+from gateway.edge.limits import ConnectionLimits
 from gateway.edge.protocol import GatewaySMTP
 from gateway.model import Envelope
 from gateway.observe import metrics
@@ -126,11 +127,15 @@ class Gateway:
         tls = inbound_tls(self.config)
         smtp = self.config.smtp
 
+        limits = ConnectionLimits(smtp.hostname, smtp.max_connections,
+                                  smtp.max_connections_per_client)
+
         def protocol() -> GatewaySMTP:
             return GatewaySMTP(handler, hostname=smtp.hostname, ident="send-sikkert ESMTP",
                                data_size_limit=smtp.max_message_size, enable_SMTPUTF8=True,
                                decode_data=False, tls_context=tls,
-                               require_starttls=bool(smtp.tls and smtp.tls.require), loop=loop)
+                               require_starttls=bool(smtp.tls and smtp.tls.require), loop=loop,
+                               timeout=smtp.timeout, limits=limits)
 
         for listen in smtp.listen:
             try:

@@ -1,7 +1,10 @@
-"""The aiosmtpd handler: relay check at RCPT, and DATA that does nothing but spool.
+"""The aiosmtpd handler: address checks at MAIL and RCPT, relay check at RCPT, and DATA
+that does nothing but spool.
 
-Hooks stay thin and never deliver (ARCHITECTURE rule 7): DATA refuses bare CR or LF
-(SMTP smuggling), writes the message durably, answers 250 only after the fsync and then
+Hooks stay thin and never deliver (ARCHITECTURE rule 7): MAIL and RCPT addresses pass the
+one address rule (`policy.address`: no percent hack or bang path, UTF-8 only with
+SMTPUTF8, RFC 6531 3.3); DATA refuses bare CR or LF and NUL (SMTP smuggling, RFC 5321
+2.3.8 and 4.5.2), writes the message durably, answers 250 only after the fsync and then
 tells the scheduler. A failed write answers 451 4.3.0 and nothing is lost.
 """
 
@@ -19,21 +22,23 @@ from aiosmtpd.smtp import Session
 
 from gateway import rawmail
 from gateway.config import TagsConfig
-from gateway.edge.protocol import GatewaySMTP
+from gateway.edge.protocol import BAD_SENDER, GatewaySMTP
 from gateway.model import Envelope, RecipientState
 from gateway.observe import maillog, metrics
-from gateway.policy.address import InvalidAddress, normalise
+from gateway.policy.address import InvalidAddress, NeedsUtf8, normalise
 from gateway.policy.departments import Department
 from gateway.policy.tags import read_tags, resolve_department
 from gateway.spool.store import Spool, SpoolError, new_id
 
 log = logging.getLogger(__name__)
 
-_BARE_CR_OR_LF = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+_BAD_DATA = re.compile(rb"\r(?!\n)|(?<!\r)\n|\x00")
 
 RELAY_DENIED = "554 5.7.1 Relaying denied: this client may not send through this gateway"
 BAD_ADDRESS = "553 5.1.3 Recipient address is not a valid mailbox"
+NEEDS_UTF8 = "553 5.6.7 A UTF-8 address needs SMTPUTF8 in MAIL FROM (RFC 6531)"
 BARE_LINE_ENDING = "554 5.6.0 Message refused: bare CR or LF in the data (RFC 5321 2.3.8)"
+NUL_IN_DATA = "554 5.6.0 Message refused: NUL in the data (RFC 5321 4.5.2)"
 SPOOL_FAILED = "451 4.3.0 Message not accepted: the queue cannot be written, try again later"
 
 
@@ -63,7 +68,26 @@ class Handler:
                           hostname: str, responses: list[str]) -> list[str]:
         """Advertise DSN (RFC 3461) beside aiosmtpd's own extensions."""
         session.host_name = hostname
-        return [*responses[:-1], "250-DSN", responses[-1]]
+        offered = [r for r in responses[:-1] if not r[4:].upper().startswith("AUTH")]
+        return [*offered, "250-DSN", responses[-1]]
+
+    async def handle_MAIL(self, server: GatewaySMTP, session: Session, envelope: SmtpEnvelope,
+                          address: str, mail_options: list[str]) -> str:
+        """The sender passes the recipients' address rule; `<>` stays allowed."""
+        if address != "<>":
+            try:
+                address = normalise(address, utf8=envelope.smtp_utf8)
+            except NeedsUtf8:
+                metrics.smtp_rejections.labels(reason="needs_smtputf8").inc()
+                return NEEDS_UTF8
+            except InvalidAddress:
+                metrics.smtp_rejections.labels(reason="bad_sender").inc()
+                maillog.reject(client=_client(session), sender=address, recipient="",
+                               reply=BAD_SENDER)
+                return BAD_SENDER
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 Sender ok"
 
     async def handle_RCPT(self, server: GatewaySMTP, session: Session,
                           envelope: SmtpEnvelope, address: str,
@@ -74,25 +98,37 @@ class Handler:
                            recipient=address, reply=RELAY_DENIED)
             return RELAY_DENIED
         try:
-            address = normalise(address)
+            address = normalise(address, utf8=envelope.smtp_utf8)
+        except NeedsUtf8:
+            metrics.smtp_rejections.labels(reason="needs_smtputf8").inc()
+            return self._refuse(session, envelope, address, NEEDS_UTF8)
         except InvalidAddress:
             metrics.smtp_rejections.labels(reason="bad_address").inc()
-            return BAD_ADDRESS
+            return self._refuse(session, envelope, address, BAD_ADDRESS)
         if address not in envelope.rcpt_tos:
             envelope.rcpt_tos.append(address)
             server.dsn.rcpt[address] = server.pending_rcpt
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 Recipient ok"
 
+    def _refuse(self, session: Session, envelope: SmtpEnvelope, address: str,
+                reply: str) -> str:
+        maillog.reject(client=_client(session), sender=_sender(envelope),
+                       recipient=address, reply=reply)
+        return reply
+
     async def handle_DATA(self, server: GatewaySMTP, session: Session,
                           envelope: SmtpEnvelope) -> str:
         data = envelope.original_content or b""
         # A scan of a large message would stall every other session: run it in a thread.
-        if await asyncio.to_thread(_BARE_CR_OR_LF.search, data):
-            metrics.smtp_rejections.labels(reason="bare_line_ending").inc()
+        bad = await asyncio.to_thread(_BAD_DATA.search, data)
+        if bad:
+            nul = bad[0] == b"\0"
+            reply = NUL_IN_DATA if nul else BARE_LINE_ENDING
+            metrics.smtp_rejections.labels(reason="nul" if nul else "bare_line_ending").inc()
             maillog.reject(client=_client(session), sender=_sender(envelope),
-                           recipient=",".join(envelope.rcpt_tos), reply=BARE_LINE_ENDING)
-            return BARE_LINE_ENDING
+                           recipient=",".join(envelope.rcpt_tos), reply=reply)
+            return reply
         sender = _sender(envelope)
         queued = Envelope(
             id=new_id(),

@@ -1,20 +1,52 @@
-"""aiosmtpd's SMTP protocol with the DSN extension (RFC 3461) added.
+"""aiosmtpd's SMTP protocol with the DSN extension (RFC 3461) added, and its session rules
+made strict (CONTRACT "SMTP behaviour that clients rely on").
 
 aiosmtpd refuses MAIL/RCPT parameters it does not know, so RET/ENVID and NOTIFY/ORCPT are
 taken off the command line here, checked, kept on the session, and the rest is handed to
 aiosmtpd unchanged. The handler's EHLO hook advertises DSN.
+
+Beyond aiosmtpd: source routes (RFC 5321 4.1.1.3, C) are refused, not ignored; AUTH does
+not exist here (relay control is by network); a second STARTTLS is refused (RFC 3207 4.2);
+a failed TLS handshake is one log line; `limits` refuses connections past the caps with
+421 4.7.0; a session idle for `timeout` seconds (no byte from the client, also during
+DATA) gets 421 4.4.2 before it is closed (RFC 5321 4.5.3.2.7).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, TLSSetupException
+
+log = logging.getLogger(__name__)
 
 _PARAM = re.compile(r"\s+([A-Za-z0-9-]+)(?:=(\S*))?")
 _XTEXT = re.compile(r"(?:[!-*,-<>-~]|\+[0-9A-F]{2})*")
 NOTIFY_VALUES = {"SUCCESS", "FAILURE", "DELAY"}
+
+BAD_SENDER = "553 5.1.7 Sender address is not a valid mailbox"
+SOURCE_ROUTE_SENDER = "553 5.1.7 Source routes are not accepted: give the sender's own address"
+SOURCE_ROUTE_RECIPIENT = "553 5.1.3 Source routes are not accepted: give the recipient's address"
+NO_AUTH = "502 5.5.1 AUTH is not offered: relaying is allowed by client network"
+TLS_ACTIVE = "503 5.5.1 TLS is already active"
+IDLE = "421 4.4.2 {host} Idle for too long, closing the connection"
+INTERNAL = "451 4.3.0 Internal error, try again later"
+
+
+class ConnectionGate(Protocol):
+    """Admits or refuses new connections (gateway.edge.limits)."""
+
+    def admit(self, client: str) -> str | None:
+        """None to admit `client`, else the reply line to send before closing."""
+        ...
+
+    def release(self, client: str) -> None:
+        """An admitted connection of `client` has ended."""
+        ...
 
 
 class DsnSyntaxError(ValueError):
@@ -64,13 +96,73 @@ def check_xtext(name: str, value: str, limit: int = 500) -> str:
     return value
 
 
+def _source_route(arg: str, keyword: str) -> bool:
+    """Whether a MAIL/RCPT argument's path is `<@host,...:mailbox>` (RFC 5321 4.1.2)."""
+    return arg[len(keyword):].lstrip().startswith("<@")
+
+
 class GatewaySMTP(SMTP):
     """SMTP with RFC 3461 parameters; the handler reads them from `self.dsn`."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, limits: ConnectionGate | None = None, **kwargs) -> None:
         self.dsn = DsnParams()
         self.pending_rcpt: tuple[tuple[str, ...], str] = ((), "")
+        self.limits = limits
+        self.client = ""  # the peer's address, once the connection is admitted
+        self._refused = False
         super().__init__(*args, **kwargs)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._original_transport is None and self.limits is not None:  # not after STARTTLS
+            peer = transport.get_extra_info("peername")
+            client = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+            refusal = self.limits.admit(client)
+            if refusal is not None:
+                log.warning("refused connection from %s: %s", client, refusal)
+                self._refused = True
+                assert isinstance(transport, asyncio.WriteTransport)
+                transport.write(refusal.encode("ascii") + b"\r\n")
+                transport.close()
+                return
+            self.client = client
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return
+        if self.client and self.limits is not None:
+            self.limits.release(self.client)
+            self.client = ""
+        super().connection_lost(error)
+
+    def data_received(self, data: bytes) -> None:
+        self._reset_timeout()  # idle means no byte from the client, not one long DATA
+        super().data_received(data)
+
+    def _timeout_cb(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            assert isinstance(self.transport, asyncio.WriteTransport)
+            self.transport.write(IDLE.format(host=self.hostname).encode("ascii") + b"\r\n")
+        super()._timeout_cb()
+
+    async def handle_exception(self, error: Exception) -> str:
+        """A failed TLS handshake is one line in the log; anything else is a bug."""
+        if isinstance(error, TLSSetupException):
+            cause = error.__cause__
+            log.info("TLS handshake with %s failed: %s", self.session and self.session.peer,
+                     cause or "connection closed")
+            return ""  # aiosmtpd closes the connection without sending it
+        log.exception("SMTP session with %s failed", self.session and self.session.peer)
+        return INTERNAL
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        if self._tls_protocol is not None:
+            await self.push(TLS_ACTIVE)
+            return
+        await super().smtp_STARTTLS(arg)
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        await self.push(NO_AUTH)
 
     def _set_rset_state(self) -> None:
         super()._set_rset_state()
@@ -81,6 +173,13 @@ class GatewaySMTP(SMTP):
         self.dsn = DsnParams()
 
     async def smtp_MAIL(self, arg: str | None) -> None:
+        if arg is not None and _source_route(arg, "FROM:"):
+            await self.push(SOURCE_ROUTE_SENDER)
+            return
+        path = self._strip_command_keyword("FROM:", arg or "")
+        if path and self._getaddr(path)[0] is None:  # aiosmtpd would say 5.1.3 (a recipient's)
+            await self.push(BAD_SENDER)
+            return
         if arg is not None and self.session is not None and self.session.extended_smtp:
             try:
                 arg, params = take_params(arg, {"RET", "ENVID"})
@@ -99,6 +198,9 @@ class GatewaySMTP(SMTP):
 
     async def smtp_RCPT(self, arg: str | None) -> None:
         self.pending_rcpt = ((), "")
+        if arg is not None and _source_route(arg, "TO:"):
+            await self.push(SOURCE_ROUTE_RECIPIENT)
+            return
         if arg is not None and self.session is not None and self.session.extended_smtp:
             try:
                 arg, params = take_params(arg, {"NOTIFY", "ORCPT"})

@@ -7,7 +7,7 @@ its subdomains, then `routes.default`.
 from __future__ import annotations
 
 from gateway.config import RoutesConfig
-from gateway.policy.address import domain_matches
+from gateway.policy.address import ascii_domain, domain_matches
 
 
 class Routing:
@@ -16,7 +16,7 @@ class Routing:
         self.internal_domains = internal_domains
 
     def route_for(self, domain: str) -> str:
-        domain = domain.lower()
+        domain = ascii_domain(domain)
         if domain_matches(domain, self.internal_domains):
             return self.routes.internal
         transport = self.routes.transport

@@ -41,6 +41,7 @@ class GatewayConfig:
     relay_networks: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     max_message_size: int = 1_000_000
     smtp_tls: str = ""  # a [smtp.tls] table, e.g. 'cert = "..."\nkey = "..."'
+    smtp_extra: str = ""  # more [smtp] keys, e.g. "timeout = 1"
     internal_route: str = ""
     default_route: str = ""
     transport: dict[str, str] = field(default_factory=dict)
@@ -98,6 +99,7 @@ listen = ["127.0.0.1:{self.smtp_port}"]
 hostname = "sikkermail.brondby.example"
 relay_networks = {toml_list(self.relay_networks)}
 max_message_size = {self.max_message_size}
+{self.smtp_extra}
 {"[smtp.tls]" if self.smtp_tls else ""}
 {self.smtp_tls}
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import ConfigError, RoutesConfig
-from gateway.policy.address import InvalidAddress, normalise
+from gateway.policy.address import InvalidAddress, NeedsUtf8, normalise
 from gateway.policy.cpr import find_cpr
 from gateway.policy.routing import Routing
 from gateway.policy.sepo import load_sepo
@@ -67,3 +67,42 @@ def test_cpr():
     assert find_cpr("cpr 2209101234") == "2209101234"
     assert find_cpr("bolig 127, sag 2025-001234") is None
     assert find_cpr("ordre 9999991234") is None  # no such date
+
+
+@pytest.mark.parametrize("raw", [
+    "hm%hotmail.dk@brondby.dk", "hotmail.dk!hm@brondby.dk", "a%b%c@x.dk", "!@x.dk",
+    '"hm@hotmail.dk"@brondby.dk', '"x>"@brondby.dk', "a" * 490 + "@brondby.dk",
+])
+def test_routing_tricks_are_not_addresses(raw):
+    """No percent hack, no bang path, no quoted @ (CONTRACT: 553 5.1.3 at RCPT)."""
+    with pytest.raises(InvalidAddress):
+        normalise(raw)
+
+
+@pytest.mark.parametrize("raw,expected", [
+    ("søren@brøndby.dk", "søren@brøndby.dk"), ("Søren@BRØNDBY.dk", "Søren@brøndby.dk"),
+    ("用户@例子.广告", "用户@例子.广告"), ("anna@brøndby.dk", "anna@brøndby.dk"),
+])
+def test_utf8_mailboxes(raw, expected):
+    assert normalise(raw) == expected
+    with pytest.raises(NeedsUtf8):
+        normalise(raw, utf8=False)
+    assert normalise("anna@xn--brndby-cya.dk", utf8=False) == "anna@xn--brndby-cya.dk"
+
+
+@pytest.mark.parametrize("raw", [
+    "a\u202eb@x.dk", "a\u200d@x.dk", "so\u0308ren@x.dk", "a\u3000b@x.dk", "a\udce6@x.dk",
+    "a@br\u00f8ndby-.dk", "a@\u00f8" + "x" * 63 + ".dk", "ø" * 33 + "@x.dk",
+])
+def test_utf8_garbage(raw):
+    """Bidi overrides, joiners, unnormalised or undecodable text, bad IDNA."""
+    with pytest.raises(InvalidAddress):
+        normalise(raw)
+
+
+def test_utf8_domains_match_ascii_lists():
+    routing = Routing(RoutesConfig(internal="smtp://127.0.0.1:2600", default="mx",
+                                   transport={"xn--brndby-cya.dk": "smtp://127.0.0.1:2601"}),
+                      ("xn--bllerup-q1a.dk",))
+    assert routing.route_for("brøndby.dk") == "smtp://127.0.0.1:2601"
+    assert routing.route_for("bøllerup.dk") == "smtp://127.0.0.1:2600"
