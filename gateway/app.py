@@ -19,6 +19,7 @@ from aiohttp import web
 from gateway.api.http import make_app
 from gateway.config import Config, ConfigError, load
 from gateway.delivery import Router
+from gateway.delivery.security import TransportParts, open_transport_security
 from gateway.directory.service import CertificateDirectory, open_directory
 from gateway.edge.handler import Handler
 from gateway.edge.limits import ConnectionLimits
@@ -28,6 +29,7 @@ from gateway.observe import metrics
 from gateway.pipeline import Pipeline, Policy
 from gateway.policy.classify import Classifier
 from gateway.policy.departments import load_departments
+from gateway.policy.routing import Routing
 from gateway.policy.sepo import SepoList, SepoWatch, load_sepo
 from gateway.spool import admin
 from gateway.spool.scheduler import Scheduler
@@ -43,6 +45,7 @@ class LoadedPolicy:
     policy: Policy
     sepo: SepoList
     directory: CertificateDirectory | None
+    transport: TransportParts
 
 
 async def load_policy(config: Config, with_departments: bool = True) -> LoadedPolicy:
@@ -56,8 +59,11 @@ async def load_policy(config: Config, with_departments: bool = True) -> LoadedPo
         departments = await asyncio.to_thread(load_departments, config.departments,
                                               str(config.path))
     directory = open_directory(config.directory, config_file=config.path)
-    classifier = Classifier(config.organisation.internal_domains, sepo, directory)
-    return LoadedPolicy(Policy(classifier, departments), sepo, directory)
+    transport = open_transport_security(config)
+    classifier = Classifier(config.organisation.internal_domains, sepo, directory,
+                            transport.lookup,
+                            Routing(config.routes, config.organisation.internal_domains))
+    return LoadedPolicy(Policy(classifier, departments), sepo, directory, transport)
 
 
 def inbound_tls(config: Config) -> ssl.SSLContext | None:
@@ -73,9 +79,9 @@ def inbound_tls(config: Config) -> ssl.SSLContext | None:
     return context
 
 
-def _router(config: Config) -> Router:
-    return Router(hostname=config.smtp.hostname, nameservers=config.dns.nameservers,
-                  mx_port=config.routes.mx_port)
+def _router(config: Config, loaded: LoadedPolicy) -> Router:
+    return Router(hostname=config.smtp.hostname, resolver=loaded.transport.resolver,
+                  mx_port=config.routes.mx_port, mta_sts=loaded.transport.mta_sts)
 
 
 class Gateway:
@@ -85,7 +91,7 @@ class Gateway:
         self.config = config
         self.loaded = loaded
         self.spool = Spool(config.spool.dir)
-        self.transport = _router(config)
+        self.transport = _router(config, loaded)
         self.handler = Handler(self.spool, config.smtp.relay_networks, config.tags,
                                self.enqueue, loaded.policy.departments)
         self.scheduler: Scheduler | None = None
@@ -209,7 +215,7 @@ class Gateway:
                 log.warning("%s changed: it takes effect after a restart", key)
         old = self.loaded
         self.config, self.loaded = config, loaded
-        self.transport = _router(config)
+        self.transport = _router(config, loaded)
         self.handler.relay_networks = config.smtp.relay_networks
         self.handler.tags = config.tags
         self.handler.departments = loaded.policy.departments

@@ -291,6 +291,7 @@ class RoutesConfig(Section):
 
 class DnsConfig(Section):
     nameservers: tuple[NameServer, ...] = ()
+    timeout: Seconds = 10.0  # per lookup, all servers and retries; past it: unknown / 4.4.3
 
 
 class TagsConfig(Section):
@@ -363,6 +364,8 @@ class TransportSecurityConfig(Section):
     dane: Bool = False  # RFC 7672: DNSSEC-secure TLSA records on the recipient's MX hosts
     mta_sts: Bool = False  # RFC 8461: an MTA-STS policy in enforce mode
     ca_file: OptionalPath = None  # for MTA-STS policy hosts and MX certificates
+    policy_timeout: Seconds = 10.0  # one MTA-STS policy fetch over HTTPS, in seconds
+    policy_port: Port = 443  # of the MTA-STS policy hosts (RFC 8461: 443); for tests
 
 
 class ClusterConfig(Section):

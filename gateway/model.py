@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 
 class RecipientClass(enum.StrEnum):
@@ -65,6 +65,20 @@ class CertificateInfo:
 
 
 @dataclass(frozen=True)
+class TransportCheck:
+    """What DANE or MTA-STS says of a recipient domain (CONTRACT "DANE and MTA-STS").
+
+    `secure`: `mechanism` vouches for verified TLS to the domain's mail hosts;
+    `insecure`: neither does (the reason says why); `failed`: a lookup failed, so the
+    class is `unknown`.
+    """
+
+    result: Literal["secure", "insecure", "failed"]
+    mechanism: Literal["dane", "mta_sts", ""]
+    reason: str
+
+
+@dataclass(frozen=True)
 class Decision:
     """The classifier's answer for one address; the same for daemon, CLI and API."""
 
@@ -74,6 +88,8 @@ class Decision:
     certificate: CertificateInfo | None = None
     # The chosen recipient certificate (DER) for `smime`; not part of the JSON answer.
     certificate_der: bytes | None = field(default=None, repr=False, compare=False)
+    # Who vouches for a `tunnel`: "sepo", "dane" or "mta_sts"; delivery's TLS level follows.
+    mechanism: str = ""
 
     def as_json(self) -> dict[str, Any]:
         result: dict[str, Any] = {
@@ -86,6 +102,8 @@ class Decision:
         }
         if self.certificate:
             result["certificate"] = asdict(self.certificate)
+        if self.mechanism:
+            result["mechanism"] = self.mechanism
         return result
 
 

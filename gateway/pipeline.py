@@ -85,8 +85,10 @@ class Pipeline:
         self.policy = policy
         self.transport = transport
         self.routing = Routing(config.routes, config.organisation.internal_domains)
-        self.tunnel_tls = TlsPolicy(level="verify", ca_file=config.sepo.ca_file,
-                                    min_version=config.sepo.min_tls)
+        self.tunnel_tls = tunnel_levels(config)
+        # Untagged mail to DANE hosts is held to their TLSA records (Postfix's `dane`).
+        self.plain_tls = (TlsPolicy(level="dane", min_version=config.sepo.min_tls)
+                          if config.transport_security.dane else OPPORTUNISTIC)
 
     async def attempt(self, env: Envelope) -> None:
         """Try every due recipient of one message once and record what happened."""
@@ -143,7 +145,8 @@ class Pipeline:
             r.cls = str(RecipientClass.PLAIN)
             route = self.routing.route_for(domain_of(r.address))
             key = (route, _hop_domain(route, r.address))
-            groups.setdefault(key, Job(RecipientClass.PLAIN, route, OPPORTUNISTIC, [], data))
+            tls = self.plain_tls if route == "mx" else OPPORTUNISTIC
+            groups.setdefault(key, Job(RecipientClass.PLAIN, route, tls, [], data))
             groups[key].recipients.append(r)
         return list(groups.values())
 
@@ -152,7 +155,7 @@ class Pipeline:
                            policy: Policy, notices: list[Notice]) -> list[Job]:
         decisions = await asyncio.gather(*(self._classify(policy, r.address) for r in due))
         visible = _visible_recipients(fields)
-        jobs: dict[tuple[str, str, str, str], Job] = {}
+        jobs: dict[tuple[str, ...], Job] = {}
         for r, decision in zip(due, decisions, strict=True):
             r.cls = str(decision.cls)
             maillog.classified(env.id, r.address, r.cls, decision.reason)
@@ -164,11 +167,12 @@ class Pipeline:
                 continue
             route = (self.config.routes.internal if decision.cls == RecipientClass.INTERNAL
                      else self.routing.route_for(domain_of(r.address)))
-            tls = self.tunnel_tls if decision.cls == RecipientClass.TUNNEL else OPPORTUNISTIC
+            tls = (self.tunnel_tls[decision.mechanism or "sepo"]
+                   if decision.cls == RecipientClass.TUNNEL else OPPORTUNISTIC)
             # Bcc recipients of S/MIME mail get a copy encrypted for them alone.
             bcc = decision.cls == RecipientClass.SMIME and r.address.lower() not in visible
             share = r.address if bcc else ""
-            key = (str(decision.cls), route, _hop_domain(route, r.address), share)
+            key = (str(decision.cls), route, _hop_domain(route, r.address), share, tls.level)
             job = jobs.setdefault(key, Job(decision.cls, route, tls, [], stripped))
             job.recipients.append(r)
             if decision.certificate_der:
@@ -303,6 +307,17 @@ class Pipeline:
                 r.state, r.last_error = State.DEFERRED, "the bounce could not be queued"
             elif n.action == "delayed":
                 r.delay_warned = False
+
+
+def tunnel_levels(config: Config) -> dict[str, TlsPolicy]:
+    """The TLS level for `tunnel` recipients, by who vouched for them."""
+    min_tls = config.sepo.min_tls
+    return {
+        "sepo": TlsPolicy(level="verify", ca_file=config.sepo.ca_file, min_version=min_tls),
+        "dane": TlsPolicy(level="dane-only", min_version=min_tls),
+        "mta_sts": TlsPolicy(level="mta-sts", ca_file=config.transport_security.ca_file,
+                             min_version=min_tls),
+    }
 
 
 def _hop_domain(route: str, address: str) -> str:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
+from gateway.delivery.dane import Tlsa
 from gateway.errors import Reply
 
 __all__ = ["Rcpt", "Result", "Route", "Router", "TlsPolicy", "Transport", "parse_route",
@@ -64,14 +65,36 @@ def parse_route(text: str) -> Route:
 class TlsPolicy:
     """How much TLS a delivery needs, named like Postfix's smtp_tls_security_level.
 
+    For one session with one host:
     `may`: STARTTLS when offered, certificate not checked, plaintext otherwise.
+    `encrypt`: STARTTLS required, certificate not checked; never plaintext.
     `verify`: STARTTLS required, chain checked against `ca_file` (None: the system
     store) and the name of the host we connected to; never plaintext.
+    `dane` with `tlsa`: STARTTLS required and the peer must match one of the records
+    (RFC 7672); never plaintext.
+
+    For a destination, resolved per MX host by the `mx` transport:
+    `dane`: each host as its DNSSEC-secure TLSA records say: `dane` with them, `encrypt`
+    when none is usable, `may` when there are none or the DNS is not signed.
+    `dane-only`: every host must have usable TLSA records; a host without is skipped.
+    `mta-sts`: only the MX hosts the recipient domain's MTA-STS policy names, each under
+    `verify` with its MX name (RFC 8461 4).
     """
 
-    level: Literal["may", "verify"] = "may"
+    level: Literal["may", "encrypt", "verify", "dane", "dane-only", "mta-sts"] = "may"
     ca_file: Path | None = None
     min_version: Literal["1.2", "1.3"] = "1.2"
+    tlsa: tuple[Tlsa, ...] = ()  # one host's usable TLSA records, under `dane`
+
+    @property
+    def required(self) -> bool:
+        """Whether the session must not go on without TLS."""
+        return self.level != "may"
+
+    @property
+    def per_destination(self) -> bool:
+        """Whether only the `mx` transport can carry it out (it needs the DNS per host)."""
+        return self.level in ("dane-only", "mta-sts") or (self.level == "dane" and not self.tlsa)
 
 
 @dataclass(frozen=True)

@@ -6,25 +6,28 @@ domain's own A/AAAA records when it has no MX (the implicit MX). RFC 7505: a nul
 does not exist is 550 5.1.2; a DNS failure (SERVFAIL, timeout) is 4.4.3, never a bounce.
 A host that cannot be reached, or answers 4xx, hands its recipients to the next host.
 Under the `verify` TLS level the certificate must name the MX host we connected to.
+
+The per-destination TLS levels are resolved here, host by host. `dane` and `dane-only`
+(RFC 7672 2.2): TLSA records count only when the MX answer and the host's addresses are
+DNSSEC-secure; a host whose TLSA lookup fails is skipped, never tried without them.
+`mta-sts` (RFC 8461 4, 5): only the MX hosts the domain's policy in enforce mode names,
+each under `verify`; without such a policy the recipients wait (4.7.5).
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-import dns.asyncresolver
-import dns.exception
 import dns.name
-import dns.nameserver
-import dns.resolver
 
-from gateway.config import HostPort
 from gateway.delivery import Rcpt, Result, Route, TlsPolicy, same_reply
+from gateway.delivery.dane import lookup_tlsa
+from gateway.delivery.mtasts.service import MtaSts
+from gateway.delivery.resolver import Addresses, DnsFailure, DnsResolver, InvalidName
 from gateway.delivery.smtp import HostFailure, Outgoing, SmtpTransport, describe_peer
 from gateway.errors import DeliveryError, PermanentError, Reply, TransientError
 
@@ -37,85 +40,62 @@ class MailHosts:
 
     `implicit`: the domain has no MX, so it is its own host. `literal`: the recipient
     domain was an address literal, so the one "host" is already an IP address.
+    `secure`: DNSSEC vouched for the MX answer (or for its absence, when implicit).
     """
 
     hosts: list[str]
     implicit: bool = False
     literal: bool = False
+    secure: bool = False
 
 
 class MxResolver:
-    """DNS lookups for delivery, against the configured name servers or the system's."""
+    """The MX view of the gateway's DNS resolver: mail hosts and their addresses."""
 
-    def __init__(self, nameservers: Sequence[HostPort] = (), *, timeout: float = 10,
-                 rng: random.Random | None = None) -> None:
-        if nameservers:
-            self.resolver = dns.asyncresolver.Resolver(configure=False)
-            self.resolver.nameservers = [dns.nameserver.Do53Nameserver(ns.host, ns.port)
-                                         for ns in nameservers]
-        else:
-            try:
-                self.resolver = dns.asyncresolver.Resolver()
-            except dns.resolver.NoResolverConfiguration:
-                # Every lookup then fails as a DNS error (4.4.3): mail waits, nothing is lost.
-                log.error("no system resolver configured and no dns.nameservers given")
-                self.resolver = dns.asyncresolver.Resolver(configure=False)
-        self.resolver.lifetime = timeout
+    def __init__(self, resolver: DnsResolver, *, rng: random.Random | None = None) -> None:
+        self.dns = resolver
         self.rng = rng or random.Random()
 
     async def mail_hosts(self, domain: str) -> MailHosts:
         """The hosts to try for `domain`; PermanentError or TransientError when there are none."""
         try:
-            name = dns.name.from_text(domain)
-        except (dns.exception.DNSException, UnicodeError):
+            answer = await self.dns.lookup(domain, "MX")
+        except InvalidName:
             raise PermanentError(reply=Reply(550, "5.1.2", f"{domain!r} is not a valid domain")
                                  ) from None
-        try:
-            answer = await self.resolver.resolve(name, "MX", search=False)
-        except dns.resolver.NoAnswer:
-            return MailHosts([domain.rstrip(".")], implicit=True)
-        except dns.resolver.NXDOMAIN:
-            raise PermanentError(reply=Reply(550, "5.1.2", f"domain {domain} does not exist")
-                                 ) from None
-        except dns.exception.DNSException as e:
-            raise TransientError(reply=Reply(451, "4.4.3", f"DNS lookup of {domain} MX failed: "
-                                                           f"{_brief(e)}")) from None
-        records = [r for r in answer if r.exchange != dns.name.root]
+        except DnsFailure as e:
+            raise TransientError(reply=Reply(451, "4.4.3", str(e))) from None
+        if answer.nxdomain:
+            raise PermanentError(reply=Reply(550, "5.1.2", f"domain {domain} does not exist"))
+        if not answer.records:
+            return MailHosts([answer.name], implicit=True, secure=answer.secure)
+        records = [r for r in answer.records if r.exchange != dns.name.root]
         if not records:
             raise PermanentError(reply=Reply(556, "5.1.10", f"{domain} has a null MX (RFC 7505):"
                                                             " it accepts no mail"))
         self.rng.shuffle(records)  # the sort below is stable: equal preferences stay shuffled
         records.sort(key=lambda r: r.preference)
-        return MailHosts([r.exchange.to_text(omit_final_dot=True) for r in records])
+        return MailHosts([r.exchange.to_text(omit_final_dot=True) for r in records],
+                         secure=answer.secure)
 
-    async def addresses(self, host: str) -> list[str]:
+    async def addresses(self, host: str) -> Addresses:
         """IPv4 then IPv6 addresses of `host`; TransientError when DNS could not say."""
-        answers = await asyncio.gather(*(self._addresses(host, rdtype)
-                                         for rdtype in ("A", "AAAA")), return_exceptions=True)
-        found = [a for answer in answers if isinstance(answer, list) for a in answer]
-        errors = [e for e in answers if isinstance(e, BaseException)]
-        if not found and errors:
-            raise TransientError(reply=Reply(451, "4.4.3", f"DNS lookup of {host} failed: "
-                                                           f"{_brief(errors[0])}"))
-        return found
-
-    async def _addresses(self, host: str, rdtype: str) -> list[str]:
         try:
-            answer = await self.resolver.resolve(host, rdtype, search=False)
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-            return []
-        return [r.address for r in answer]
+            return await self.dns.addresses(host)
+        except (DnsFailure, InvalidName) as e:
+            raise TransientError(reply=Reply(451, "4.4.3", str(e))) from None
 
 
 class MxTransport:
     """Delivers to the mail hosts of the recipient domain, on a fixed port."""
 
     def __init__(self, smtp: SmtpTransport, resolver: MxResolver, *, port: int = 25,
-                 max_addresses: int = 5) -> None:
+                 max_addresses: int = 5, mta_sts: MtaSts | None = None) -> None:
         self.smtp = smtp
         self.resolver = resolver
         self.port = port
         self.max_addresses = max_addresses  # like Postfix smtp_mx_address_limit
+        self.mta_sts = mta_sts
 
     async def deliver(self, route: Route, domain: str, sender: str, rcpts: Sequence[Rcpt],
                       data: bytes, tls: TlsPolicy, *, queue_id: str, ret: str = "",
@@ -126,9 +106,58 @@ class MxTransport:
         try:
             targets = (MailHosts([literal], literal=True) if literal
                        else await self.resolver.mail_hosts(domain))
+            if tls.level == "mta-sts":
+                targets = await self._sts_hosts(domain, targets, queue_id)
+                tls = replace(tls, level="verify")
+            elif tls.level == "dane-only" and not targets.secure:
+                raise HostFailure(Reply(451, "4.7.5", f"DANE: the MX records of {domain} are "
+                                                      "not DNSSEC-signed"), tls=True)
         except DeliveryError as e:
             return same_reply(rcpts, e.reply)
+        except HostFailure as e:
+            return same_reply(rcpts, e.reply, tls_failure=True)
         return await self._try_hosts(domain, targets, message, tls)
+
+    async def _sts_hosts(self, domain: str, targets: MailHosts, queue_id: str) -> MailHosts:
+        """The MX hosts an MTA-STS policy in enforce mode allows; HostFailure without one."""
+        if self.mta_sts is None or targets.literal:
+            raise HostFailure(Reply(451, "4.7.5", f"MTA-STS does not apply to {domain}"),
+                              tls=True)
+        answer = await self.mta_sts.lookup(domain)
+        if answer.result != "secure" or answer.entry is None:
+            raise HostFailure(Reply(451, "4.7.5", f"MTA-STS: {answer.reason}"), tls=True)
+        policy = answer.entry.policy
+        hosts = [h for h in targets.hosts if policy.matches(h)]
+        if not hosts:
+            raise HostFailure(Reply(451, "4.7.5", f"MTA-STS: no mail host of {domain} "
+                                                  f"({', '.join(targets.hosts)}) matches its "
+                                                  f"policy (mx: {', '.join(policy.mx)})"),
+                              tls=True)
+        log.info("%s: MTA-STS: %s (id %s) allows %s", queue_id, domain, answer.entry.id,
+                 ", ".join(hosts))
+        return replace(targets, hosts=hosts)
+
+    async def _host_tls(self, tls: TlsPolicy, targets: MailHosts, found: Addresses
+                        ) -> TlsPolicy:
+        """The session level for one host; HostFailure when it must not be used."""
+        if tls.level not in ("dane", "dane-only"):
+            return tls
+        only = tls.level == "dane-only"
+        if not (targets.secure and found.secure):
+            if only:
+                raise HostFailure(Reply(451, "4.7.5", f"DANE: the addresses of {found.host} "
+                                                      "are not DNSSEC-signed"), tls=True)
+            return replace(tls, level="may")
+        try:
+            tlsa = await lookup_tlsa(self.resolver.dns, found.host, self.port)
+        except DnsFailure as e:  # RFC 7672 2.2: such a host is not used, with or without TLS
+            raise HostFailure(Reply(451, "4.7.5", f"DANE: {e}"), tls=True) from None
+        if tlsa.usable:
+            return replace(tls, level="dane", tlsa=tlsa.usable)
+        if only:
+            raise HostFailure(Reply(451, "4.7.5", f"DANE: {tlsa.describe()}"), tls=True)
+        # Signed records, none usable: TLS is still mandatory, unauthenticated (RFC 7672 2.2).
+        return replace(tls, level="encrypt" if tlsa.secure and tlsa.records else "may")
 
     async def _try_hosts(self, domain: str, targets: MailHosts, message: Outgoing,
                          tls: TlsPolicy) -> Result:
@@ -144,11 +173,19 @@ class MxTransport:
             if tried == self.max_addresses:
                 break
             try:
-                addresses = [host] if targets.literal else await self.resolver.addresses(host)
+                found = (Addresses(host, (host,), False) if targets.literal
+                         else await self.resolver.addresses(host))
+                if not found.addresses:
+                    continue
+                host_tls = await self._host_tls(tls, targets, found)
             except TransientError as e:
                 last = e.reply
                 continue
-            for address in addresses:
+            except HostFailure as e:  # a host DANE forbids: not even connected to
+                last, tls_failure = e.reply, True
+                previous = f"{host}: {e.reply}"
+                continue
+            for address in found.addresses:
                 if tried == self.max_addresses:
                     break
                 if previous:  # the last host's reply goes into the result, earlier ones here
@@ -158,7 +195,8 @@ class MxTransport:
                 tls_version = tls_cipher = ""
                 try:
                     answer = await self.smtp.send(address, self.port, host,
-                                                  replace(message, rcpts=tuple(pending)), tls)
+                                                  replace(message, rcpts=tuple(pending)),
+                                                  host_tls)
                 except HostFailure as e:
                     last = e.reply
                     tls_failure = tls_failure or e.tls
@@ -198,10 +236,3 @@ def _address_literal(domain: str) -> str | None:
     except ValueError:
         return None
 
-
-def _brief(error: BaseException) -> str:
-    if isinstance(error, dns.resolver.NoNameservers):
-        return "no name server answered (SERVFAIL or refused)"
-    if isinstance(error, dns.exception.Timeout):
-        return "timed out"
-    return str(error) or type(error).__name__

@@ -9,10 +9,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from gateway.config import HostPort
 from gateway.delivery import Rcpt, Result, Route, TlsPolicy, Transport, same_reply
 from gateway.delivery.file import FileTransport
+from gateway.delivery.mtasts.service import MtaSts
 from gateway.delivery.mx import MxResolver, MxTransport
+from gateway.delivery.resolver import DnsResolver
 from gateway.delivery.smtp import SmtpTransport
 from gateway.errors import Reply
 
@@ -22,11 +23,12 @@ log = logging.getLogger(__name__)
 class Router:
     """Dispatches by `route.kind`; builds its transports from the delivery settings."""
 
-    def __init__(self, *, hostname: str, nameservers: Sequence[HostPort] = (),
+    def __init__(self, *, hostname: str, resolver: DnsResolver | None = None,
                  mx_port: int = 25, timeout: float = 60, connect_timeout: float = 30,
-                 dns_timeout: float = 10) -> None:
+                 mta_sts: MtaSts | None = None) -> None:
         smtp = SmtpTransport(hostname, timeout=timeout, connect_timeout=connect_timeout)
-        mx = MxTransport(smtp, MxResolver(nameservers, timeout=dns_timeout), port=mx_port)
+        mx = MxTransport(smtp, MxResolver(resolver or DnsResolver()), port=mx_port,
+                         mta_sts=mta_sts)
         self.transports: dict[str, Transport] = {"smtp": smtp, "mx": mx, "file": FileTransport()}
 
     async def deliver(self, route: Route, domain: str, sender: str, rcpts: Sequence[Rcpt],

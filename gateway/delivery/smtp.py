@@ -4,9 +4,10 @@ RFC 5321 (the session, per-recipient replies, DATA applying to accepted recipien
 RFC 3207 (STARTTLS, EHLO again afterwards), RFC 3461 (NOTIFY/ORCPT/RET/ENVID only to a
 server that advertises DSN, which then owes the DSNs for what it accepted: 6.2),
 RFC 6152 (BODY=8BITMIME), RFC 6531 (SMTPUTF8), RFC 1870 (SIZE) and RFC 3463 (enhanced
-status codes). The `verify` level never sends a byte of the message in plaintext: a
+status codes). Every level but `may` never sends a byte of the message in plaintext: a
 missing STARTTLS, a refused one or a failed handshake or certificate check ends the
-session with 4.7.5.
+session with 4.7.5. Under `dane` the peer's chain is matched against the host's TLSA
+records right after the handshake (RFC 7672 3), before EHLO is sent again.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import aiosmtplib
 
-from gateway.delivery import Rcpt, Result, Route, TlsPolicy, same_reply
+from gateway.delivery import Rcpt, Result, Route, TlsPolicy, dane, same_reply
 from gateway.errors import Reply
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,10 @@ class SmtpTransport:
         """One session with the route's host; its name is the one the certificate must carry."""
         message = Outgoing(sender, tuple(rcpts), data, queue_id, ret, envid, smtputf8)
         peer = describe_peer(route.host, route.port, route.host)
+        if tls.per_destination:  # fail closed: the level needs the MX hosts' DNS
+            return same_reply(rcpts, Reply(451, "4.7.5", f"TLS level {tls.level} applies to "
+                                                         f"mx routes only, not {route}"),
+                              tls_failure=True, peer=peer)
         try:
             answer = await self.send(route.host, route.port, route.host, message, tls)
         except HostFailure as e:
@@ -164,7 +169,7 @@ class SmtpTransport:
             try:
                 await _hello(client)
                 if starttls:
-                    await self._starttls(client, tls, tls_name, peer)
+                    await self._starttls(client, tls, tls_name, peer, message.queue_id)
             except aiosmtplib.SMTPResponseException as e:
                 raise HostFailure(server_reply(e.code, e.message)) from None
             except (aiosmtplib.SMTPException, OSError) as e:
@@ -180,30 +185,47 @@ class SmtpTransport:
             client.close()
 
     async def _starttls(self, client: aiosmtplib.SMTP, tls: TlsPolicy, tls_name: str,
-                        peer: str) -> None:
-        verify = tls.level == "verify"
+                        peer: str, queue_id: str) -> None:
         if not client.supports_extension("starttls"):
-            if verify:
+            if tls.required:
                 raise HostFailure(Reply(451, "4.7.5", f"TLS is required, but {peer} does "
                                                       "not offer STARTTLS"), tls=True)
             return
         try:
             context = await self._context(tls)
+            # SNI is the name we expect (RFC 7672 8.1: the TLSA base domain under DANE).
             await client.starttls(server_hostname=tls_name, tls_context=context)
+            if tls.tlsa:
+                await self._dane(client, tls, tls_name, peer, queue_id)
             await client.ehlo()  # RFC 3207 4.2: forget what was learnt before TLS
         except (aiosmtplib.SMTPException, ssl.SSLError, OSError) as e:
-            if not verify:
+            if not tls.required:
                 raise _PlaintextRetry(str(e)) from None
             raise HostFailure(Reply(451, "4.7.5", f"TLS with {peer} failed: {_why(e)}"),
                               tls=True) from None
 
+    async def _dane(self, client: aiosmtplib.SMTP, tls: TlsPolicy, tls_name: str, peer: str,
+                    queue_id: str) -> None:
+        """Match the peer's chain against the TLSA records; HostFailure when none fits."""
+        chain = peer_chain(client.get_transport_info("ssl_object"))
+        try:
+            match = await asyncio.to_thread(dane.verify, tls.tlsa, chain, tls_name)
+        except dane.Mismatch as e:
+            log.warning("%s: %s: DANE: no TLSA record of %s matched: %s", queue_id, peer,
+                        tls_name, e)
+            raise HostFailure(Reply(451, "4.7.5", f"DANE: the certificate of {peer} matches "
+                                                  f"no TLSA record of {tls_name}: {e}"),
+                              tls=True) from None
+        log.info("%s: %s: DANE: %s", queue_id, peer, match)
+
     async def _context(self, tls: TlsPolicy) -> ssl.SSLContext:
         """A client context for the policy, rebuilt when its CA file changes."""
         stamp = tls.ca_file.stat().st_mtime_ns if tls.ca_file else 0
-        cached = self._contexts.get(tls)
+        key = replace(tls, tlsa=())  # the records are checked after the handshake
+        cached = self._contexts.get(key)
         if cached is None or cached[0] != stamp:
-            cached = stamp, await asyncio.to_thread(_build_context, tls)
-            self._contexts[tls] = cached
+            cached = stamp, await asyncio.to_thread(_build_context, key)
+            self._contexts[key] = cached
         return cached[1]
 
     async def _transaction(self, client: aiosmtplib.SMTP, message: Outgoing,
@@ -302,12 +324,26 @@ def _build_context(tls: TlsPolicy) -> ssl.SSLContext:
     if tls.level == "verify":
         # Only the configured CA file when there is one; else the system store.
         context = ssl.create_default_context(cafile=_str(tls.ca_file))
-    else:
+    else:  # may, encrypt, and dane (whose records are matched after the handshake)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     context.minimum_version = _TLS_VERSIONS[tls.min_version]
     return context
+
+
+def peer_chain(ssl_object: ssl.SSLObject | None) -> list[bytes]:
+    """The certificates the peer sent, its own first, as DER, whether trusted or not."""
+    if ssl_object is None:
+        return []
+    public = getattr(ssl_object, "get_unverified_chain", None)  # Python 3.13 and newer
+    if public is not None:
+        return [c if isinstance(c, bytes) else c.public_bytes(ssl._ssl.ENCODING_DER)
+                for c in public() or []]
+    # Python 3.11 and 3.12 have the same call, not yet public, on the inner object.
+    inner = ssl_object._sslobj  # type: ignore[attr-defined]
+    return [c.public_bytes(ssl._ssl.ENCODING_DER)  # type: ignore[attr-defined]
+            for c in inner.get_unverified_chain() or []]
 
 
 def _str(path: Path | None) -> str | None:

@@ -6,6 +6,8 @@ Made at test time with `cryptography`; nothing here is read from disk.
 from __future__ import annotations
 
 import ipaddress
+import ssl
+import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -50,6 +52,18 @@ class Issued:
         return self.key.private_bytes(serialization.Encoding.PEM,
                                       serialization.PrivateFormat.PKCS8,
                                       serialization.NoEncryption())
+
+    def server_context(self, *, with_chain: bool = True,
+                       maximum: ssl.TLSVersion | None = None) -> ssl.SSLContext:
+        """A TLS server context presenting this certificate (and its chain) with its key."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        with tempfile.TemporaryDirectory() as folder:
+            cert, key = Path(folder) / "cert.pem", Path(folder) / "key.pem"
+            self.write(cert, key, with_chain=with_chain)
+            context.load_cert_chain(cert, key)
+        if maximum is not None:
+            context.maximum_version = maximum
+        return context
 
     def write(self, cert_path: Path, key_path: Path | None = None, with_chain: bool = True) -> None:
         data = self.pem + (b"".join(c.public_bytes(serialization.Encoding.PEM)

@@ -1,4 +1,5 @@
-"""The pipeline never finishes a bounce the sender was not told of."""
+"""The pipeline never finishes a bounce the sender was not told of, and sends each tunnel
+recipient with the TLS level of whoever vouched for it."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import time
 from pathlib import Path
 
 from gateway.config import load
-from gateway.delivery import Result
+from gateway.delivery import Result, TlsPolicy
 from gateway.errors import Reply
-from gateway.model import Envelope, RecipientState, State
+from gateway.model import Envelope, RecipientState, State, TransportCheck
 from gateway.pipeline import Pipeline, Policy
 from gateway.policy.classify import Classifier
+from gateway.policy.departments import Department
 from gateway.policy.sepo import SepoList
 from gateway.spool.store import Spool, SpoolError, new_id
 
@@ -57,3 +59,59 @@ async def test_a_bounce_that_cannot_be_queued_is_retried(tmp_path):
     [dsn] = queued
     assert dsn.sender == "" and [r.address for r in dsn.recipients] == ["a@brondby.dk"]
     assert b"hemmelig" not in await spool.body(dsn.id)
+
+
+class Recording:
+    """A next hop (our Transport seam) that accepts everything and notes the TLS level."""
+
+    def __init__(self) -> None:
+        self.levels: dict[str, TlsPolicy] = {}
+
+    async def deliver(self, route, domain, sender, rcpts, data, tls, **kw) -> Result:
+        for r in rcpts:
+            self.levels[r.address] = tls
+        return Result({r.address: Reply(250, "2.0.0", "ok") for r in rcpts})
+
+
+class Vouching:
+    """DANE and MTA-STS (the classifier's seam): dane.dk by DANE, sts.dk by MTA-STS."""
+
+    async def check(self, domain: str) -> TransportCheck:
+        mechanism = {"dane.dk": "dane", "sts.dk": "mta_sts"}.get(domain)
+        if mechanism is None:
+            return TransportCheck("insecure", "", "neither")
+        return TransportCheck("secure", mechanism, f"{mechanism} vouches")  # type: ignore[arg-type]
+
+
+TAGGED = (b"From: a@brondby.dk\r\nTo: x@dane.dk\r\nSubject: aeldreomsorg%% s\r\n\r\n"
+          b"hemmelig\r\n")
+
+
+async def test_each_tunnel_goes_with_the_tls_level_of_who_vouched(tmp_path):
+    demo = load(DEMO)
+    ca = tmp_path / "ca.pem"
+    config = demo.model_copy(update={
+        "routes": demo.routes.model_copy(update={
+            "default": "mx", "transport": {"relay.dk": "smtp://127.0.0.1:2600"}}),
+        "transport_security": demo.transport_security.model_copy(
+            update={"dane": True, "mta_sts": True, "ca_file": ca})})
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    sepo = SepoList(frozenset({"ast.dk"}), tmp_path)
+    classifier = Classifier(("brondby.dk",), sepo, None, Vouching())
+    transport = Recording()
+    # Tunnel recipients need no signing identity, only the department's configuration.
+    department = Department(config.departments[0], None, (), None)  # type: ignore[arg-type]
+    pipeline = Pipeline(config, spool, Policy(classifier, (department,)), transport,
+                        lambda env: None)
+    tagged = ["x@dane.dk", "y@sts.dk", "z@ast.dk"]
+    plain = ["p@dane.dk", "q@relay.dk"]
+    for recipients, data in ((tagged, TAGGED), (plain, MESSAGE)):
+        env = Envelope(id=new_id(), sender="a@brondby.dk", received=time.time(),
+                       recipients=[RecipientState(a) for a in recipients])
+        await spool.put(env, data)
+        await pipeline.attempt(env)
+    levels = {a: (t.level, t.ca_file) for a, t in transport.levels.items()}
+    assert levels == {"x@dane.dk": ("dane-only", None), "y@sts.dk": ("mta-sts", ca),
+                      "z@ast.dk": ("verify", None), "p@dane.dk": ("dane", None),
+                      "q@relay.dk": ("may", None)}

@@ -14,6 +14,7 @@ import trustme
 
 from gateway.delivery import Rcpt, Result, Route, TlsPolicy
 from gateway.delivery.mx import MxResolver, MxTransport
+from gateway.delivery.resolver import DnsResolver
 from gateway.delivery.smtp import SmtpTransport
 from gateway.errors import PermanentError, TransientError
 from tests.support.dns import DnsServer
@@ -59,7 +60,7 @@ def dns() -> Iterator[DnsServer]:
 
 @pytest.fixture
 def resolver(dns: DnsServer) -> MxResolver:
-    return MxResolver([dns.nameserver], timeout=1)
+    return MxResolver(DnsResolver([dns.nameserver], timeout=1))
 
 
 @asynccontextmanager
@@ -204,8 +205,8 @@ async def test_dns_outcomes(resolver: MxResolver, domain: str, expected: tuple[i
 async def test_mx_records_are_sorted_and_equal_preferences_shuffled(dns: DnsServer) -> None:
     orders = set()
     for seed in range(20):
-        hosts = await MxResolver([dns.nameserver], rng=random.Random(seed)).mail_hosts(
-            "equal.test")
+        hosts = await MxResolver(DnsResolver([dns.nameserver]),
+                                 rng=random.Random(seed)).mail_hosts("equal.test")
         assert hosts.hosts[0] == "first.equal.test" and hosts.hosts[3] == "c.equal.test"
         orders.add(tuple(hosts.hosts[1:3]))
     assert orders == {("a.equal.test", "b.equal.test"), ("b.equal.test", "a.equal.test")}
@@ -216,7 +217,7 @@ async def test_resolver_errors_are_typed(resolver: MxResolver) -> None:
         await resolver.mail_hosts("nomail.test")
     with pytest.raises(TransientError):
         await resolver.mail_hosts("servfail.test")
-    assert await resolver.addresses("nohost.ghost.test") == []
+    assert (await resolver.addresses("nohost.ghost.test")).addresses == ()
 
 
 # TLS verification names the MX host

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway.delivery import Rcpt, Route, Router, TlsPolicy, parse_route
+from gateway.delivery.resolver import DnsResolver
 from tests.support.dns import DnsServer
 from tests.support.sink import SmtpSink
 
@@ -46,8 +47,8 @@ async def test_dispatches_by_route_kind(tmp_path: Path) -> None:
     async with SmtpSink() as sink:
         with DnsServer({"partner.test": {"MX": [(10, "mx.partner.test")]},
                         "mx.partner.test": {"A": ["127.0.0.1"]}}) as dns:
-            router = Router(hostname="gw.brondby.test", nameservers=[dns.nameserver],
-                            mx_port=sink.port)
+            router = Router(hostname="gw.brondby.test",
+                            resolver=DnsResolver([dns.nameserver]), mx_port=sink.port)
             assert await send(router, sink.route) == {"lone@partner.test": OK}
             assert await send(router, "mx") == {"lone@partner.test": OK}
         assert await send(router, f"file:{tmp_path}") == {"lone@partner.test": OK}
