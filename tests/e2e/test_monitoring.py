@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -43,6 +44,15 @@ class Prometheus:
                  f"--storage.tsdb.path={root / 'tsdb'}",
                  f"--web.listen-address=127.0.0.1:{self.port}"],
                 stdout=log, stderr=subprocess.STDOUT)
+
+    def ready(self) -> bool:
+        """Prometheus answers its API only once /-/ready does (503 while it starts)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/-/ready",
+                                        timeout=5) as response:
+                return response.status == 200
+        except urllib.error.HTTPError:
+            return False
 
     def api(self, path: str, **params: str) -> dict:
         url = f"http://127.0.0.1:{self.port}/api/v1/{path}?{urllib.parse.urlencode(params)}"
@@ -81,6 +91,7 @@ class Prometheus:
 @pytest.fixture
 def prometheus(tmp_path: Path, gateway: Daemon) -> Iterator[Prometheus]:
     server = Prometheus(tmp_path, f"127.0.0.1:{gateway.config.http_port}")
+    server.wait(server.ready)
     yield server
     server.stop()
 
