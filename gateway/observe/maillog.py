@@ -95,8 +95,8 @@ def _emit(queue_id: str, event: str, fields: dict[str, object],
         if key in _FREE_TEXT_KEYS:
             value = _mask(str(value)[:MAX_TEXT])
         kept[key] = value
-    record = Event(queue_id, event, kept)
-    mail.log(level, record, extra={"mail_event": record})
+    line = Event(queue_id, event, kept)
+    mail.log(level, line, extra={"mail_event": line})
 
 
 # The events, in the order a message meets them.
