@@ -17,6 +17,7 @@ import asyncio
 import logging
 import ssl
 from dataclasses import dataclass
+from typing import Literal
 
 from gateway.config import Config, ConfigError
 from gateway.delivery.dane import HostTlsa, lookup_tlsa
@@ -24,7 +25,7 @@ from gateway.delivery.mtasts import PolicyStore
 from gateway.delivery.mtasts.fetch import PolicyFetcher
 from gateway.delivery.mtasts.files import FilePolicyStore
 from gateway.delivery.mtasts.service import MtaSts
-from gateway.delivery.mx import MxResolver
+from gateway.delivery.mx import MailHosts, MxResolver
 from gateway.delivery.resolver import Addresses, DnsFailure, DnsResolver
 from gateway.errors import PermanentError, TransientError
 from gateway.model import TransportCheck
@@ -61,13 +62,21 @@ class TransportSecurity:
             why.append(answer.reason)
         return TransportCheck("insecure", "", "; ".join(why))
 
-    async def _dane(self, domain: str) -> TransportCheck:
+    async def _mail_hosts(self, domain: str, mechanism: Literal["dane", "mta_sts"]
+                          ) -> MailHosts | TransportCheck:
+        """The domain's MX hosts, or the answer their lookup already settles."""
+        name = "DANE" if mechanism == "dane" else "MTA-STS"
         try:
-            targets = await self.mx.mail_hosts(domain)
+            return await self.mx.mail_hosts(domain)
         except TransientError as e:
-            return TransportCheck("failed", "dane", f"DANE: {e.reply.text}")
+            return TransportCheck("failed", mechanism, f"{name}: {e.reply.text}")
         except PermanentError as e:
-            return TransportCheck("insecure", "dane", f"no DANE: {e.reply.text}")
+            return TransportCheck("insecure", mechanism, f"no {name}: {e.reply.text}")
+
+    async def _dane(self, domain: str) -> TransportCheck:
+        targets = await self._mail_hosts(domain, "dane")
+        if isinstance(targets, TransportCheck):
+            return targets
         if not targets.secure:
             return TransportCheck("insecure", "dane", f"no DANE: the MX records of {domain} "
                                                       "are not DNSSEC-signed")
@@ -83,10 +92,11 @@ class TransportSecurity:
         dns = self.mx.dns
         found, tlsa = await asyncio.gather(dns.addresses(host), lookup_tlsa(dns, host, self.port),
                                            return_exceptions=True)
+        for answer in (found, tlsa):
+            if isinstance(answer, BaseException) and not isinstance(answer, DnsFailure):
+                raise answer  # a bug: the classifier makes it `unknown`
         if isinstance(found, DnsFailure):
             return TransportCheck("failed", "dane", f"DANE: {found}")
-        if isinstance(found, BaseException):
-            raise found
         assert isinstance(found, Addresses)
         if not found.addresses:
             return TransportCheck("insecure", "dane", f"no DANE: {host} has no address")
@@ -95,8 +105,6 @@ class TransportSecurity:
                                                       "not DNSSEC-signed")
         if isinstance(tlsa, DnsFailure):
             return TransportCheck("failed", "dane", f"DANE: {tlsa}")
-        if isinstance(tlsa, BaseException):
-            raise tlsa
         assert isinstance(tlsa, HostTlsa)
         if not tlsa.usable:
             return TransportCheck("insecure", "dane", f"no DANE: {tlsa.describe()}")
@@ -110,12 +118,9 @@ class TransportSecurity:
             return TransportCheck("failed", "mta_sts", f"MTA-STS: {answer.reason}")
         if answer.result == "insecure" or answer.entry is None:
             return TransportCheck("insecure", "mta_sts", f"no MTA-STS: {answer.reason}")
-        try:
-            targets = await self.mx.mail_hosts(domain)
-        except TransientError as e:
-            return TransportCheck("failed", "mta_sts", f"MTA-STS: {e.reply.text}")
-        except PermanentError as e:
-            return TransportCheck("insecure", "mta_sts", f"no MTA-STS: {e.reply.text}")
+        targets = await self._mail_hosts(domain, "mta_sts")
+        if isinstance(targets, TransportCheck):
+            return targets
         policy = answer.entry.policy
         allowed = [h for h in targets.hosts if policy.matches(h)]
         if not allowed:

@@ -13,13 +13,14 @@ import trustme
 from cryptography.hazmat.primitives import serialization
 from prometheus_client import REGISTRY
 
+from gateway.config import Config, ConfigError, load
 from gateway.delivery import Rcpt, Result, Route, TlsPolicy
 from gateway.delivery.mtasts.fetch import PolicyFetcher
 from gateway.delivery.mtasts.files import FilePolicyStore
 from gateway.delivery.mtasts.service import MtaSts
 from gateway.delivery.mx import MxResolver, MxTransport
 from gateway.delivery.resolver import DnsResolver
-from gateway.delivery.security import TransportSecurity
+from gateway.delivery.security import TransportSecurity, open_transport_security
 from gateway.delivery.smtp import SmtpTransport
 from tests.support.dns import DnsServer
 from tests.support.pki import CA
@@ -229,3 +230,37 @@ async def test_without_an_enforced_policy_mta_sts_delivery_waits(dns, web, web_c
                                ca_file)
     assert only(result) == (451, "4.7.5") and why in result.replies[f"lone@{domain}"].text
     assert one.connections == 0
+
+
+# --- built from the configuration ---------------------------------------------------------
+
+DEMO = Path(__file__).parents[3] / "policies" / "gateway.toml"
+
+
+def with_switches(tmp_path: Path, **settings: Any) -> Config:
+    demo = load(DEMO)
+    return demo.model_copy(update={
+        "spool": demo.spool.model_copy(update={"dir": tmp_path / "spool"}),
+        "transport_security": demo.transport_security.model_copy(update=settings)})
+
+
+def test_both_switches_off_build_no_lookup(tmp_path):
+    parts = open_transport_security(with_switches(tmp_path))
+    assert parts.lookup is None and parts.mta_sts is None
+
+
+def test_the_switches_build_what_they_name(tmp_path, ca_file):
+    parts = open_transport_security(with_switches(tmp_path, dane=True))
+    assert parts.lookup is not None and parts.lookup.dane and parts.mta_sts is None
+    parts = open_transport_security(with_switches(tmp_path, mta_sts=True, ca_file=ca_file))
+    assert parts.lookup is not None and not parts.lookup.dane and parts.mta_sts is not None
+    assert isinstance(parts.mta_sts.store, FilePolicyStore)
+    assert parts.mta_sts.store.folder == tmp_path / "spool" / "mta-sts"
+
+
+def test_an_unusable_ca_file_is_a_configuration_error(tmp_path):
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate")
+    for path in (bad, tmp_path / "missing.pem"):
+        with pytest.raises(ConfigError, match="transport_security.ca_file"):
+            open_transport_security(with_switches(tmp_path, mta_sts=True, ca_file=path))
