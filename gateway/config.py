@@ -291,7 +291,7 @@ class RoutesConfig(Section):
 
 class DnsConfig(Section):
     nameservers: tuple[NameServer, ...] = ()
-    timeout: Seconds = 10.0  # per lookup, all servers and retries; past it: unknown / 4.4.3
+    timeout: Seconds = 5.0  # per lookup, all servers and retries; past it: unknown / 4.4.3
 
 
 class TagsConfig(Section):

@@ -115,6 +115,7 @@ class MtaSts:
             except FetchError as e:
                 log.warning("MTA-STS: cannot fetch the policy of %s (id %s): %s", domain,
                             announced, e)
+                self._failed = {k: v for k, v in self._failed.items() if v[0] > now}
                 self._failed[(domain, announced)] = (now + self.retry_after, str(e))
                 return str(e)
             self._failed.pop((domain, announced), None)
