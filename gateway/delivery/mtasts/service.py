@@ -77,8 +77,8 @@ class MtaSts:
                 return StsAnswer("failed", f"_mta-sts.{domain} announces an MTA-STS policy "
                                            f"(id {announced}), but {fresh}")
             else:
-                log.warning("MTA-STS: keeping the cached policy of %s (id %s): %s", domain,
-                            cached.id, fresh)
+                log.info("MTA-STS: keeping the cached policy of %s (id %s): %s", domain,
+                         cached.id, fresh)
         if cached is None:
             if txt_error:
                 return StsAnswer("failed", txt_error)

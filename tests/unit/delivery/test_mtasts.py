@@ -4,6 +4,7 @@ real HTTPS policy host on loopback (RFC 8461 3, 5)."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -263,6 +264,7 @@ async def test_an_expired_policy_is_fetched_again(dns, hosts, web_ca, tmp_path, 
 
 async def test_a_failed_refresh_keeps_the_cached_policy(dns, hosts, web_ca, tmp_path, clock,
                                                         caplog):
+    caplog.set_level(logging.INFO)
     sts = service(dns, hosts, web_ca, tmp_path, clock)
     await sts.lookup("sts.test")
     dns.zone["_mta-sts.sts.test"] = {"TXT": ["v=STSv1; id=2"]}
