@@ -27,8 +27,8 @@ from gateway.model import Decision, Envelope, RecipientClass, RecipientState, St
 from gateway.observe import maillog, metrics
 from gateway.policy.address import InvalidAddress, domain_of
 from gateway.policy.classify import Classifier
-from gateway.policy.cpr import find_cpr
 from gateway.policy.departments import Department
+from gateway.policy.dlp.cpr import contains_cpr
 from gateway.policy.routing import Routing
 from gateway.policy.tags import read_tags, resolve_department
 from gateway.spool.store import Spool, SpoolError
@@ -134,7 +134,7 @@ class Pipeline:
         if not department.allows(sender):
             return Refusal("sender_not_allowed", f"<{sender}> may not send secure mail through "
                                                  f"the department {department.id}")
-        if find_cpr(subject):
+        if contains_cpr(subject):
             return Refusal("cpr_in_subject", "the subject holds what looks like a CPR number, "
                                              "and the subject is never encrypted")
         return None

@@ -1,4 +1,4 @@
-"""SEPO list, routing, addresses and CPR spotting."""
+"""SEPO list, routing and addresses."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import pytest
 
 from gateway.config import ConfigError, RoutesConfig
 from gateway.policy.address import InvalidAddress, NeedsUtf8, normalise
-from gateway.policy.cpr import find_cpr
 from gateway.policy.routing import Routing
 from gateway.policy.sepo import load_sepo
 from tests.support.addresses import GARBAGE
@@ -61,12 +60,6 @@ def test_invalid_addresses(raw):
     with pytest.raises(InvalidAddress):
         normalise(raw)
 
-
-def test_cpr():
-    assert find_cpr("Vedr. Bente Jensen 220910-1234") == "220910-1234"
-    assert find_cpr("cpr 2209101234") == "2209101234"
-    assert find_cpr("bolig 127, sag 2025-001234") is None
-    assert find_cpr("ordre 9999991234") is None  # no such date
 
 
 @pytest.mark.parametrize("raw", [

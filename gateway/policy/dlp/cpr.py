@@ -1,0 +1,116 @@
+"""Find CPR numbers (Danish personal ID numbers) in text: the one rule, used everywhere.
+
+CONTRACT "Data-loss prevention" fixes it. A candidate is ten digits `DDMMYYSSSS`, written
+`DDMMYY-SSSS`, `DDMMYY SSSS` or `DDMMYYSSSS`, that is not part of a longer run of letters
+or digits. `DDMMYY` must be a real date that is not in the future, in the century the
+seventh digit gives; a substitute number (erstatningspersonnummer) adds 60 to the day.
+python-stdnum's `stdnum.dk.cpr` applies the date, century and future rules. A candidate
+counts when it is written with the hyphen, when it passes the modulus-11 check (weights
+4,3,2,7,6,5,4,3,2,1), or when `cpr` or `personnummer` (any case, also inside a word such
+as `CPR-nr.`) ends at most 40 characters before it. Numbers issued since 2007 may fail
+modulus-11, so it is never required.
+
+Beyond the letter of the rule, dashes that word processors put in place of the hyphen
+(U+2010-U+2013, U+2212) count as the hyphen, and a no-break space (U+00A0, U+202F, as
+`&nbsp;` gives) as the space.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+from stdnum.dk import cpr as stdnum_cpr
+from stdnum.exceptions import ValidationError
+
+Reason = Literal["hyphen", "modulus11", "keyword"]
+
+_HYPHENS = "-\u2010\u2011\u2012\u2013\u2212"
+_SPACES = " \u00a0\u202f"
+# Letters and digits of any script bound a candidate; "_" and punctuation do not.
+_CANDIDATE = re.compile(
+    rf"(?<![^\W_])([0-9]{{6}})([{_HYPHENS}{_SPACES}]?)([0-9]{{4}})(?![^\W_])")
+_KEYWORD = re.compile(r"cpr|personnummer", re.IGNORECASE)
+KEYWORD_DISTANCE = 40
+_LONGEST_KEYWORD = len("personnummer")
+SUBSTITUTE_DAY_OFFSET = 60
+
+
+@dataclass(frozen=True)
+class CprMatch:
+    """One CPR number found in a text: where, the ten digits, and why it counts."""
+
+    start: int
+    end: int
+    digits: str  # DDMMYYSSSS
+    reason: Reason
+
+    @property
+    def masked(self) -> str:
+        """`DDMMYY-XXXX`: the form that may be shown to an operator."""
+        return mask(self.digits)
+
+
+def mask(digits: str) -> str:
+    """The number as `DDMMYY-XXXX`; the sequence number is never shown."""
+    return f"{digits[:6]}-XXXX"
+
+
+def real_date(digits: str) -> bool:
+    """Whether DDMMYY is a real, past date in the century the 7th digit gives.
+
+    A substitute number's day is 61-91; it is checked as the day 60 earlier.
+    """
+    day = int(digits[:2])
+    if day > SUBSTITUTE_DAY_OFFSET:
+        digits = f"{day - SUBSTITUTE_DAY_OFFSET:02d}{digits[2:]}"
+    try:
+        stdnum_cpr.validate(digits)  # the date, its century and "not born yet"
+    except ValidationError:
+        return False
+    return True
+
+
+def passes_modulus11(digits: str) -> bool:
+    return stdnum_cpr.checksum(digits) == 0
+
+
+def _keyword_before(text: str, start: int) -> bool:
+    """`cpr` or `personnummer` ends at most KEYWORD_DISTANCE characters before `start`."""
+    window_start = max(0, start - KEYWORD_DISTANCE - _LONGEST_KEYWORD)
+    return any(m.end() >= start - KEYWORD_DISTANCE
+               for m in _KEYWORD.finditer(text, window_start, start))
+
+
+def find_cpr_numbers(text: str) -> Iterator[CprMatch]:
+    """Every CPR number in `text` that counts by the contract's rule, in order."""
+    for m in _CANDIDATE.finditer(text):
+        digits = m[1] + m[3]
+        if not real_date(digits):
+            continue
+        separator = m[2]
+        if separator and separator in _HYPHENS:
+            reason: Reason = "hyphen"
+        elif passes_modulus11(digits):
+            reason = "modulus11"
+        elif _keyword_before(text, m.start()):
+            reason = "keyword"
+        else:
+            continue
+        yield CprMatch(m.start(), m.end(), digits, reason)
+
+
+def contains_cpr(text: str) -> bool:
+    """Whether `text` holds at least one CPR number."""
+    return next(find_cpr_numbers(text), None) is not None
+
+
+def mask_text(text: str) -> str:
+    """`text` with the sequence digits of every CPR number in it replaced by X."""
+    pieces, pos = [], 0
+    for m in find_cpr_numbers(text):
+        pieces += [text[pos:m.start], text[m.start:m.start + 6], "-XXXX"]
+        pos = m.end
+    return "".join(pieces) + text[pos:]
