@@ -1,4 +1,4 @@
-"""Command line: `send-sikkert serve | check | config check | queue ... | certs dev-init`.
+"""Command line: `send-sikkert serve | check | config check | queue ... | scan | certs dev-init`.
 
 Parses arguments and calls into the app or the commands; exit codes as CONTRACT says.
 """
@@ -45,6 +45,11 @@ def parser() -> argparse.ArgumentParser:
         "id", nargs="?")
     queue_sub.add_parser("delete", parents=[common],
                          help="drop a message (the sender gets a DSN)").add_argument("id")
+
+    scan = sub.add_parser("scan", parents=[common],
+                          help="scan .eml files for CPR numbers as the daemon would (DLP)")
+    scan.add_argument("--json", action="store_true", help="print one JSON object")
+    scan.add_argument("files", nargs="+", metavar="FILE")
 
     certs = sub.add_parser("certs", parents=[common], help="certificates")
     certs_sub = certs.add_subparsers(dest="action", required=True)

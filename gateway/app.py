@@ -29,6 +29,7 @@ from gateway.observe import metrics
 from gateway.pipeline import Pipeline, Policy
 from gateway.policy.classify import Classifier
 from gateway.policy.departments import load_departments
+from gateway.policy.dlp.scan import Scanner, limits_from
 from gateway.policy.routing import Routing
 from gateway.policy.sepo import SepoList, SepoWatch, load_sepo
 from gateway.spool import admin
@@ -92,6 +93,7 @@ class Gateway:
         self.loaded = loaded
         self.spool = Spool(config.spool.dir)
         self.transport = _router(config, loaded)
+        self.scanner = Scanner(limits_from(config.dlp), workers=config.dlp.workers)
         self.handler = Handler(self.spool, config.smtp.relay_networks, config.tags,
                                self.enqueue, loaded.policy.departments)
         self.scheduler: Scheduler | None = None
@@ -122,7 +124,7 @@ class Gateway:
             raise ConfigError(self.config.path, "spool.dir", str(e)) from None
         await asyncio.to_thread(self.spool.prepare)
         self.pipeline = Pipeline(self.config, self.spool, self.loaded.policy, self.transport,
-                                 self.enqueue)
+                                 self.enqueue, scanner=self.scanner)
         self.scheduler = Scheduler(self.spool, self.pipeline.attempt, self.config.queue)
         recovered = await asyncio.to_thread(self.spool.load_all)
         for env in recovered:
@@ -216,6 +218,7 @@ class Gateway:
         old = self.loaded
         self.config, self.loaded = config, loaded
         self.transport = _router(config, loaded)
+        self.scanner.limits = limits_from(config.dlp)
         self.handler.relay_networks = config.smtp.relay_networks
         self.handler.tags = config.tags
         self.handler.departments = loaded.policy.departments
@@ -245,6 +248,7 @@ class Gateway:
             await self.scheduler.stop()
         if self._scheduler_task is not None:
             await self._scheduler_task
+        self.scanner.close()
         if self.http is not None:
             await self.http.cleanup()
         if self.loaded.directory is not None:

@@ -1,4 +1,4 @@
-"""The non-daemon commands: check, config check, queue and certs dev-init.
+"""The non-daemon commands: check, config check, queue, scan and certs dev-init.
 
 Each returns its exit status (CONTRACT "Command line"). Queue changes go through the
 running daemon's loopback API when it answers, else straight to the spool.
@@ -23,8 +23,10 @@ from gateway.config import Config
 from gateway.devpki import dev_init
 from gateway.model import RecipientClass
 from gateway.policy.address import InvalidAddress, normalise
+from gateway.policy.dlp.scan import ScanResult, limits_from, scan_message
 from gateway.spool import admin
 from gateway.spool.store import Spool, SpoolBusy
+from gateway.transform.mime import canonical
 
 EXIT_OK, EXIT_UNSAFE, EXIT_USAGE, EXIT_TEMPFAIL = 0, 1, 2, 75
 
@@ -36,6 +38,8 @@ async def run(args: argparse.Namespace, config: Config) -> int:
         return await check(config, args.addresses, args.json)
     if args.command == "config":
         return await config_check(config)
+    if args.command == "scan":
+        return await asyncio.to_thread(scan, config, args.files, args.json)
     if args.command == "certs":
         out = Path(args.dir) if args.dir else config.path.parent.parent / "certs"
         for path in await asyncio.to_thread(dev_init, config, out):
@@ -82,6 +86,58 @@ async def config_check(config: Config) -> int:
     print(f"configuration {config.path} is valid: {len(loaded.sepo)} SEPO domain(s), "
           f"{len(loaded.policy.departments)} department(s)", file=sys.stderr)
     return EXIT_OK
+
+
+def scan(config: Config, files: list[str], as_json: bool) -> int:
+    """The DLP scan of each .eml file: findings masked, where, what could not be read.
+
+    Scans whatever `dlp.cpr` says, so a rule can be tried before it is switched on.
+    """
+    limits = limits_from(config.dlp)
+    reports, status = [], EXIT_OK
+    for name in files:
+        try:
+            data = Path(name).read_bytes()
+        except OSError as e:
+            reports.append({"file": name, "error": e.strerror or str(e)})
+            status = EXIT_USAGE
+            continue
+        result = scan_message(canonical(data), limits)
+        reports.append(_scan_report(name, result))
+        if result.found and status == EXIT_OK:
+            status = EXIT_UNSAFE
+    if as_json:
+        print(json.dumps({"files": reports}, ensure_ascii=False))
+    else:
+        for report in reports:
+            _print_scan(report)
+    return status
+
+
+def _scan_report(name: str, result: ScanResult) -> dict[str, Any]:
+    return {
+        "file": name,
+        "found": result.found,
+        "findings": [{"where": f.where, "name": f.name, "number": f.masked, "reason": f.reason}
+                     for f in result.findings],
+        "incomplete": [{"reason": g.reason, "name": g.name, "detail": g.detail}
+                       for g in result.gaps],
+    }
+
+
+def _print_scan(report: dict[str, Any]) -> None:
+    if "error" in report:
+        print(f"send-sikkert: {report['file']}: cannot read: {report['error']}",
+              file=sys.stderr)
+        return
+    findings = report["findings"]
+    print(f"{report['file']}: " + (f"{len(findings)} CPR number(s) found" if findings
+                                   else "no CPR number found"))
+    for f in findings:
+        where = f"attachment {f['name']}" if f["where"] == "attachment" else f["where"]
+        print(f"  {f['number']}  {where}  ({f['reason']})")
+    for g in report["incomplete"]:
+        print(f"  not read in full: {g['reason']}: {g['name'] or 'the message'} ({g['detail']})")
 
 
 def _plain(value: Any) -> Any:

@@ -402,6 +402,13 @@ class ClusterConfig(Section):
 
 class DlpConfig(Section):
     cpr: Literal["secure", "block", "warn", "off"] = "secure"
+    # Bounds on one message's scan (README "Data-loss prevention"): past one, the rest is
+    # left unread, logged and counted in sendsikkert_dlp_incomplete_total.
+    max_bytes: PositiveInt = 100 * 1024 * 1024  # decoded content read, in all
+    max_parts: PositiveInt = 1000  # MIME parts and archive members
+    max_depth: PositiveInt = 10  # nesting of multiparts, attached messages, archives
+    max_pdf_pages: PositiveInt = 2000  # per PDF
+    workers: PositiveInt = 1  # processes scanning messages larger than 256 KiB
 
 
 class InboundConfig(Section):

@@ -143,6 +143,26 @@ class RecipientState:
         return kind in self.notify
 
 
+@dataclass(frozen=True)
+class DlpOutcome:
+    """What the DLP scan decided for a message at its first attempt (CONTRACT "Data-loss
+    prevention"), kept in the spool so that every retry acts the same way."""
+
+    mode: str  # dlp.cpr when the scan ran: "secure", "block", "warn" or "off"
+    found: tuple[tuple[str, str], ...] = ()  # (where, attachment name) of each finding's place
+    gaps: tuple[str, ...] = ()  # what could not be read in full, for `queue show`
+
+    @property
+    def action(self) -> str:
+        """The mode, when a CPR number was found and the mode acts; "" otherwise."""
+        return self.mode if self.found and self.mode != "off" else ""
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DlpOutcome:
+        return cls(data["mode"], tuple((w, n) for w, n in data.get("found", ())),
+                   tuple(data.get("gaps", ())))
+
+
 @dataclass
 class Envelope:
     """One spooled message's envelope and per-recipient state."""
@@ -159,6 +179,9 @@ class Envelope:
     # Accepted from a client outside smtp.relay_networks (inbound mail, CONTRACT "Inbound"):
     # never treated as tagged, never DLP-scanned. Records written before it load as False.
     from_outside: bool = False
+    # Decided at the first attempt of an untagged message; None until then, and always for
+    # tagged and inbound mail. Records written before it load as None (scanned when next due).
+    dlp: DlpOutcome | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -183,4 +206,6 @@ class Envelope:
             RecipientState(**{**r, "state": State(r["state"]), "notify": tuple(r["notify"])})
             for r in data.pop("recipients")
         ]
-        return cls(recipients=recipients, **data)
+        dlp = data.pop("dlp", None)
+        return cls(recipients=recipients, dlp=DlpOutcome.from_json(dlp) if dlp else None,
+                   **data)

@@ -23,12 +23,13 @@ from gateway.bounce.report import spool_dsn
 from gateway.config import Config
 from gateway.delivery import Rcpt, Result, Route, TlsPolicy, Transport, parse_route
 from gateway.errors import Reply
-from gateway.model import Decision, Envelope, RecipientClass, RecipientState, State
+from gateway.model import Decision, DlpOutcome, Envelope, RecipientClass, RecipientState, State
 from gateway.observe import maillog, metrics
-from gateway.policy.address import InvalidAddress, domain_of
+from gateway.policy.address import InvalidAddress, domain_matches, domain_of
 from gateway.policy.classify import Classifier
 from gateway.policy.departments import Department
 from gateway.policy.dlp.cpr import contains_cpr
+from gateway.policy.dlp.scan import ScanFailed, Scanner, describe_places, limits_from
 from gateway.policy.routing import Routing
 from gateway.policy.tags import read_tags, resolve_department
 from gateway.spool.store import Spool, SpoolError
@@ -73,10 +74,11 @@ class Pipeline:
 
     def __init__(self, config: Config, spool: Spool, policy: Policy, transport: Transport,
                  enqueue: Callable[[Envelope], None],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, scanner: Scanner | None = None) -> None:
         self.spool = spool
         self.enqueue = enqueue
         self.clock = clock
+        self.scanner = scanner or Scanner(limits_from(config.dlp))
         self.reconfigure(config, policy, transport)
 
     def reconfigure(self, config: Config, policy: Policy, transport: Transport) -> None:
@@ -102,7 +104,8 @@ class Pipeline:
         notices: list[Notice] = []
         stripped = await asyncio.to_thread(outgoing, data, self.config.tags)
         if not tagging.tagged:
-            jobs = self._plain_jobs(due, stripped)
+            jobs = await self._untagged_jobs(env, due, data, stripped, fields, tagging.subject,
+                                             notices)
         else:
             if tagging.doubt:
                 log.warning("%s: handled as tagged: %s", env.id, tagging.doubt)
@@ -125,6 +128,74 @@ class Pipeline:
             env.history.append({"time": round(now, 3), "address": r.address,
                                 "state": str(r.state), "class": r.cls,
                                 "detail": r.last_error or r.diagnostic})
+
+    async def _untagged_jobs(self, env: Envelope, due: list[RecipientState], data: bytes,
+                             stripped: bytes, fields: list[rawmail.Field], subject: str,
+                             notices: list[Notice]) -> list[Job]:
+        """Relayed unchanged, unless the DLP scan found a CPR number (CONTRACT table)."""
+        try:
+            outcome = await self._dlp(env, data)
+        except ScanFailed as e:
+            for r in due:
+                r.cls = str(RecipientClass.PLAIN)
+                self._defer(env, r, Reply(451, "4.3.0", f"{e}; will retry"))
+            return []
+        action = outcome.action if outcome else ""
+        if action in ("", "warn"):
+            return self._plain_jobs(due, stripped)
+        assert outcome is not None
+        internal_domains = self.config.organisation.internal_domains
+        internal = [r for r in due if domain_matches(domain_of(r.address), internal_domains)]
+        external = [r for r in due if r not in internal]
+        jobs = self._plain_jobs(internal, stripped)
+        department = next((d for d in self.policy.departments if d.is_default_for(env.sender)),
+                          None)
+        where = describe_places(outcome.found)
+        refusal = None
+        if action == "block":
+            refusal = Refusal("cpr_blocked", f"a CPR number was found in {where}; "
+                                             "untagged mail with one is not sent outside")
+        elif department is None:
+            refusal = Refusal("cpr_no_department", f"a CPR number was found in {where}, and no "
+                                                   "department sends secure mail for the sender")
+        else:
+            refusal = self._refusal(department, env.sender, subject)
+        if refusal is not None:
+            for r in external:
+                r.cls = str(RecipientClass.UNSAFE)
+                notices.append(self._bounce(env, r, "5.7.1", refusal.text, refusal.kind,
+                                            found_in=outcome.found))
+            return jobs
+        assert department is not None
+        return jobs + await self._secure_jobs(env, external, stripped, fields, department,
+                                              self.policy, notices, found_in=outcome.found)
+
+    async def _dlp(self, env: Envelope, data: bytes) -> DlpOutcome | None:
+        """The DLP outcome, decided at the first attempt and kept in the spool record."""
+        if env.from_outside:
+            return None  # mail from outside is never scanned (CONTRACT "Inbound")
+        if env.dlp is not None:
+            return env.dlp
+        mode = self.config.dlp.cpr
+        if mode == "off":
+            env.dlp = DlpOutcome(mode)
+            return env.dlp
+        result = await self.scanner.scan(data)
+        metrics.dlp_scan_seconds.observe(result.seconds)
+        env.dlp = DlpOutcome(mode, result.places,
+                             tuple(f"{g.reason}: {g.name or 'the message'} ({g.detail})"
+                                   for g in result.gaps))
+        for reason in dict.fromkeys(g.reason for g in result.gaps):
+            metrics.dlp_incomplete.labels(reason=reason).inc()
+        if result.gaps:
+            log.warning("%s: not scanned in full for CPR numbers: %s", env.id,
+                        "; ".join(env.dlp.gaps))
+        for finding in result.findings:
+            metrics.dlp_findings.labels(where=finding.where, action=mode).inc()
+        if result.found:
+            log.warning("%s: %d CPR number(s) found in %s (dlp.cpr = %s)", env.id,
+                        len(result.findings), describe_places(result.places), mode)
+        return env.dlp
 
     def _refusal(self, department: Department | None, sender: str,
                  subject: str) -> Refusal | None:
@@ -152,7 +223,9 @@ class Pipeline:
 
     async def _secure_jobs(self, env: Envelope, due: list[RecipientState], stripped: bytes,
                            fields: list[rawmail.Field], department: Department,
-                           policy: Policy, notices: list[Notice]) -> list[Job]:
+                           policy: Policy, notices: list[Notice],
+                           found_in: tuple[tuple[str, str], ...] = ()) -> list[Job]:
+        """Tagged mail, or untagged mail holding a CPR number (`found_in` its places)."""
         decisions = await asyncio.gather(*(self._classify(policy, r.address) for r in due))
         visible = _visible_recipients(fields)
         jobs: dict[tuple[str, ...], Job] = {}
@@ -160,7 +233,9 @@ class Pipeline:
             r.cls = str(decision.cls)
             maillog.classified(env.id, r.address, r.cls, decision.reason)
             if decision.cls == RecipientClass.UNSAFE:
-                notices.append(self._bounce(env, r, "5.7.1", decision.reason, "unsafe"))
+                notices.append(self._bounce(env, r, "5.7.1", decision.reason,
+                                            "cpr_found" if found_in else "unsafe",
+                                            found_in=found_in))
                 continue
             if decision.cls == RecipientClass.UNKNOWN:
                 self._defer(env, r, Reply(451, "4.4.3", decision.reason))
@@ -239,7 +314,8 @@ class Pipeline:
         self._log("deferred", env, r, reply, hop)
 
     def _bounce(self, env: Envelope, r: RecipientState, status: str, reason: str, kind: str,
-                hop: Result | None = None, reply: Reply | None = None) -> Notice:
+                hop: Result | None = None, reply: Reply | None = None,
+                found_in: tuple[tuple[str, str], ...] = ()) -> Notice:
         """Final failure: our `reason`, or the `reply` of the next hop in `hop`."""
         r.state, r.status, r.last_error = State.BOUNCED, status, reason
         r.attempts += 1
@@ -247,7 +323,7 @@ class Pipeline:
         metrics.recipients.labels(**{"class": r.cls or "plain", "outcome": "bounced"}).inc()
         self._log("bounced", env, r, reply or Reply(550, status, reason), hop)
         return Notice(address=r.address, orcpt=r.orcpt, action="failed", status=status,
-                      diagnostic=r.diagnostic, kind=kind)
+                      diagnostic=r.diagnostic, kind=kind, found_in=found_in)
 
     def _log(self, event: maillog.Outcome, env: Envelope, r: RecipientState, reply: Reply,
              hop: Result | None) -> None:

@@ -5,7 +5,9 @@ the message/delivery-status fields, the original headers as text/rfc822-headers)
 RFC 3461 (ORCPT and ENVID come back xtext-decoded; 6.2: "delivered" and "relayed" for
 NOTIFY=SUCCESS) and RFC 3834 (Auto-Submitted). The human part is Danish first, then
 English, and says per failed or delayed recipient why and what the sender can do
-instead; a success is told plainly, with nothing to do. The original body is never
+instead; a success is told plainly, with nothing to do. When the DLP scan stopped an
+untagged mail, it says where a CPR number was found (subject, body, the attachment's
+file name), never the number. The original body is never
 included, whatever RET asked for: it may hold the very data that could not be sent
 safely. Nor is the original subject.
 """
@@ -22,8 +24,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
+from gateway import rawmail
+from gateway.policy.dlp.cpr import contains_cpr, mask_text
+
 Kind = Literal["unsafe", "no_department", "sender_not_allowed", "cpr_in_subject", "rejected",
-               "expired", "deleted", "delayed", "protect_failed", "delivered", "relayed"]
+               "expired", "deleted", "delayed", "protect_failed", "delivered", "relayed",
+               "cpr_found", "cpr_blocked", "cpr_no_department"]
 Action = Literal["failed", "delayed", "delivered", "relayed"]
 
 _END_OF_HEADERS = re.compile(rb"\r?\n\r?\n")
@@ -45,6 +51,8 @@ class Notice:
     status: str  # RFC 3463, e.g. "5.7.1"
     diagnostic: str  # "smtp; 550 5.1.1 no such user" or "x-send-sikkert; ..." or ""
     kind: Kind
+    # For the cpr_* kinds: (where, attachment name) of each place a CPR number was found.
+    found_in: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,9 @@ class _Language:
     detail: str
     footer: str  # {queue_id} and {arrival} filled in
     kinds: dict[str, _Text]
+    places: dict[str, str]  # where a CPR number was found: subject, body, attachment ({name})
+    unnamed: str  # an attachment without a file name
+    and_: str
 
 
 _DANISH = _Language(
@@ -106,6 +117,31 @@ _DANISH = _Language(
             "Emnefeltet indeholder noget, der ligner et CPR-nummer. Emnefeltet bliver "
             "aldrig krypteret, så mailen er ikke sendt.",
             ("Fjern CPR-nummeret fra emnefeltet, og send mailen igen.",)),
+        "cpr_found": _Text(
+            "Mailen var ikke markeret til sikker afsendelse, men der står et CPR-nummer i "
+            "{where}. Derfor skulle den sendes sikkert, og der er ingen sikker måde at sende "
+            "den til modtageren på: adressen er ikke intern, modtagerens organisation er ikke "
+            "med i tunnelmail (SEPO), og der er ikke fundet et gyldigt certifikat til "
+            "kryptering. Mailen er ikke sendt.",
+            ("Send med Digital Post i stedet.",
+             "Fjern CPR-nummeret, og send mailen igen.",
+             "Bed modtageren om en sikker mailadresse, og brug Send Sikkert.",
+             "Ring til modtageren.")),
+        "cpr_blocked": _Text(
+            "Mailen var ikke markeret til sikker afsendelse, men der står et CPR-nummer i "
+            "{where}. En mail med et CPR-nummer må ikke sendes som almindelig mail, så den er "
+            "ikke sendt til modtageren.",
+            ("Brug Send Sikkert, og send mailen igen.",
+             "Send med Digital Post i stedet.",
+             "Fjern CPR-nummeret, og send mailen igen.")),
+        "cpr_no_department": _Text(
+            "Mailen var ikke markeret til sikker afsendelse, men der står et CPR-nummer i "
+            "{where}. Derfor skulle den sendes sikkert via din afdeling, men der er ingen "
+            "afdeling, du kan sende sikker mail fra. Mailen er ikke sendt.",
+            ("Brug Send Sikkert, vælg din afdeling, og send mailen igen.",
+             "Send med Digital Post i stedet.",
+             "Fjern CPR-nummeret, og send mailen igen.",
+             "Kontakt IT, hvis du ikke kan vælge en afdeling.")),
         "rejected": _Text(
             "Modtagerens mailserver afviste mailen.",
             ("Kontrollér adressen, og send mailen igen.",
@@ -133,6 +169,10 @@ _DANISH = _Language(
             "endelige aflevering. Det er ikke en fejl, men du får ikke en bekræftelse af "
             "selve afleveringen."),
     },
+    places={"subject": "emnefeltet", "body": "selve mailen",
+            "attachment": "den vedhæftede fil »{name}«"},
+    unnamed="en vedhæftet fil uden navn",
+    and_="og",
 )
 
 _ENGLISH = _Language(
@@ -169,6 +209,31 @@ _ENGLISH = _Language(
             "The subject holds what looks like a CPR number. The subject is never "
             "encrypted, so the message was not sent.",
             ("Remove the CPR number from the subject and send the message again.",)),
+        "cpr_found": _Text(
+            "The message was not marked for secure sending, but {where} holds a CPR number. "
+            "It therefore had to go securely, and there is no secure way to send it to the "
+            "recipient: the address is not internal, the recipient's organisation is not part "
+            "of tunnel mail (SEPO), and no valid encryption certificate was found. The message "
+            "was not sent.",
+            ("Send it by Digital Post instead.",
+             "Remove the CPR number and send the message again.",
+             "Ask the recipient for a secure e-mail address and use Send Sikkert.",
+             "Telephone the recipient.")),
+        "cpr_blocked": _Text(
+            "The message was not marked for secure sending, but {where} holds a CPR number. "
+            "A message with a CPR number must not go as ordinary mail, so it was not sent to "
+            "the recipient.",
+            ("Use Send Sikkert and send the message again.",
+             "Send it by Digital Post instead.",
+             "Remove the CPR number and send the message again.")),
+        "cpr_no_department": _Text(
+            "The message was not marked for secure sending, but {where} holds a CPR number. "
+            "It therefore had to go securely through your department, but there is no "
+            "department you can send secure mail from. The message was not sent.",
+            ("Use Send Sikkert, choose your department and send the message again.",
+             "Send it by Digital Post instead.",
+             "Remove the CPR number and send the message again.",
+             "Contact IT if you cannot choose a department.")),
         "rejected": _Text(
             "The recipient's mail server refused the message.",
             ("Check the address and send the message again.",
@@ -196,10 +261,14 @@ _ENGLISH = _Language(
             "confirm final delivery. This is not an error, but no confirmation of the final "
             "delivery will follow."),
     },
+    places={"subject": "the subject", "body": "the text of the message",
+            "attachment": "the attachment “{name}”"},
+    unnamed="an attachment without a name",
+    and_="and",
 )
 
 # Kinds whose diagnostic tells the sender something the general text does not.
-_DETAILED = ("unsafe", "rejected", "expired", "delayed", "protect_failed")
+_DETAILED = ("unsafe", "rejected", "expired", "delayed", "protect_failed", "cpr_found")
 # The gravest news first: the order of the human part's sections and of the subject's choice.
 _ACTIONS: tuple[Action, ...] = ("failed", "delayed", "relayed", "delivered")
 _SUCCESS = ("delivered", "relayed")
@@ -213,6 +282,12 @@ _SUBJECTS = {
                           "allowed for the department",
     "protect_failed": "Ikke afleveret: kunne ikke krypteres / Undeliverable: could not be "
                       "encrypted",
+    "cpr_found": "Ikke afleveret: CPR-nummer i mailen / Undeliverable: CPR number in the "
+                 "message",
+    "cpr_blocked": "Ikke afleveret: CPR-nummer i mailen / Undeliverable: CPR number in the "
+                   "message",
+    "cpr_no_department": "Ikke afleveret: CPR-nummer i mailen / Undeliverable: CPR number in "
+                         "the message",
     "delayed": "Forsinket: mailen er endnu ikke afleveret / Delayed: message not yet delivered",
     "relayed": "Sendt videre / Relayed",
     "delivered": "Afleveret / Delivered",
@@ -283,13 +358,24 @@ def _human(organisation: str, hostname: str, queue_id: str, arrival: float,
                 if action in _SUCCESS:  # good news: no "why", and nothing to do
                     out += [""] + _wrap(text.why)
                     continue
-                out += [""] + _wrap(f"{lang.why}: {text.why}")
+                where = _places(lang, chosen[0].found_in)
+                why = text.why.format(where=where)
+                out += [""] + _wrap(f"{lang.why}: {why}")
                 out += ["", f"{lang.todo}:"]
                 for item in text.todo:
                     out += _wrap(item.format(**names), first="  - ", rest="    ")
         out += [""] + _wrap(lang.footer.format(queue_id=queue_id, arrival=when))
         sections.append("\n".join(out))
     return "\n\n----------------------------------------\n\n".join(sections) + "\n"
+
+
+def _places(lang: _Language, found_in: Sequence[tuple[str, str]]) -> str:
+    """ "emnefeltet og den vedhæftede fil »bilag.pdf«": where CPR numbers were found."""
+    names = [lang.places[where].format(name=_line(name)) if name or where != "attachment"
+             else lang.unnamed for where, name in found_in]
+    if len(names) <= 1:
+        return names[0] if names else ""
+    return f"{', '.join(names[:-1])} {lang.and_} {names[-1]}"
 
 
 def _status_fields(hostname: str, queue_id: str, arrival: float, notices: Sequence[Notice],
@@ -329,10 +415,17 @@ def _part(content_type: str, description: str, body: str) -> list[str]:
 
 
 def _headers_only(original: bytes) -> str:
-    """The header section, cut at the first blank line: a body passed by mistake never leaks."""
+    """The header section, cut at the first blank line: a body passed by mistake never leaks.
+
+    CPR numbers in it are masked: a subject such as "Bente 010190-1234" must not come back
+    in the very bounce that refused to send it.
+    """
     m = _END_OF_HEADERS.search(original)
     head = original[: m.start()] if m else original.rstrip(b"\r\n")
-    return head.decode("utf-8", "surrogateescape").replace("\r\n", "\n")
+    fields = [rawmail.make_field(f.name, mask_text(f.value)).raw if contains_cpr(f.value)
+              else f.raw for f in rawmail.parse_fields(head + b"\r\n")]
+    return b"".join(fields).decode("utf-8", "surrogateescape").replace("\r\n", "\n").rstrip(
+        "\n")
 
 
 def _line(text: str) -> str:

@@ -24,7 +24,7 @@ import sys
 from datetime import datetime
 from typing import IO, Literal
 
-from gateway.policy.cpr import find_cpr
+from gateway.policy.dlp.cpr import mask_possible
 
 LogFormat = Literal["text", "json"]
 Outcome = Literal["delivered", "deferred", "bounced"]
@@ -79,9 +79,7 @@ def _mask(text: str) -> str:
     """Free text with every CPR-shaped number that is a valid CPR number masked."""
     if not _CPR_SHAPED.search(text):
         return text  # the common case: no ten-digit run at all
-    while (found := find_cpr(text)) is not None:
-        text = text.replace(found, CPR_MASK)
-    return text
+    return mask_possible(text, CPR_MASK)
 
 
 def _emit(queue_id: str, event: str, fields: dict[str, object],

@@ -70,6 +70,17 @@ dlp_findings = Counter(
     "CPR numbers found in untagged mail, once per finding, by where and the action taken.",
     ["where", "action"],
 )
+dlp_incomplete = Counter(
+    "sendsikkert_dlp_incomplete_total",
+    "Untagged messages the DLP scan could not read in full, by the first reason: encrypted, "
+    "unreadable, unsupported (legacy Office files) or limit.",
+    ["reason"],
+)
+dlp_scan_seconds = Histogram(
+    "sendsikkert_dlp_scan_seconds",
+    "Time to scan one untagged message for CPR numbers (extraction and detection).",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2.5, 10, 30),
+)
 inbound_messages = Counter(
     "sendsikkert_inbound_total",
     "Mail from outside for internal recipients, by decryption result and signature.",

@@ -53,6 +53,10 @@ def describe(env: Envelope) -> str:
     ]
     if env.envid or env.ret:
         lines.append(f"dsn:       ENVID={env.envid or '-'} RET={env.ret or '-'}")
+    if env.dlp is not None and (env.dlp.found or env.dlp.gaps):
+        found = ", ".join(f"{where} {name}".strip() for where, name in env.dlp.found)
+        lines.append(f"dlp:       dlp.cpr = {env.dlp.mode}; CPR number found in: {found or '-'}")
+        lines += [f"           not read in full: {gap}" for gap in env.dlp.gaps]
     lines.append("recipients:")
     for r in env.recipients:
         detail = r.last_error or r.diagnostic

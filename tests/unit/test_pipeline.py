@@ -9,7 +9,7 @@ from pathlib import Path
 from gateway.config import load
 from gateway.delivery import Result, TlsPolicy
 from gateway.errors import Reply
-from gateway.model import Envelope, RecipientState, State, TransportCheck
+from gateway.model import DlpOutcome, Envelope, RecipientState, State, TransportCheck
 from gateway.pipeline import Pipeline, Policy
 from gateway.policy.classify import Classifier
 from gateway.policy.departments import Department
@@ -115,3 +115,46 @@ async def test_each_tunnel_goes_with_the_tls_level_of_who_vouched(tmp_path):
     assert levels == {"x@dane.dk": ("dane-only", None), "y@sts.dk": ("mta-sts", ca),
                       "z@ast.dk": ("verify", None), "p@dane.dk": ("dane", None),
                       "q@relay.dk": ("may", None)}
+
+
+CPR_MESSAGE = (b"From: a@brondby.dk\r\nTo: x@hotmail.dk\r\nSubject: s\r\n\r\n"
+               b"Din mor, cpr. 220910-1230, har skinnebenssaar\r\n")
+
+
+async def _one_attempt(tmp_path, env: Envelope, data: bytes) -> tuple[Recording, list]:
+    spool = Spool(tmp_path)
+    spool.prepare()
+    await spool.put(env, data)
+    queued: list[Envelope] = []
+    transport = Recording()
+    policy = Policy(Classifier(("brondby.dk",), SepoList(frozenset(), tmp_path), None), ())
+    await Pipeline(load(DEMO), spool, policy, transport, queued.append).attempt(env)
+    return transport, queued
+
+
+async def test_mail_from_outside_is_never_scanned(tmp_path):
+    env = Envelope(id=new_id(), sender="ole@hotmail.dk",
+                   recipients=[RecipientState("x@hotmail.dk")], received=time.time(),
+                   from_outside=True)
+    transport, queued = await _one_attempt(tmp_path, env, CPR_MESSAGE)
+    assert env.dlp is None and queued == []
+    assert set(transport.levels) == {"x@hotmail.dk"}  # relayed unchanged
+
+
+async def test_the_kept_decision_is_used_not_a_new_scan(tmp_path):
+    # Decided at an earlier attempt (when the message still read as holding a number):
+    env = Envelope(id=new_id(), sender="a@brondby.dk",
+                   recipients=[RecipientState("x@hotmail.dk")], received=time.time(),
+                   dlp=DlpOutcome("block", (("body", ""),)))
+    transport, queued = await _one_attempt(tmp_path, env, MESSAGE)  # no number in it now
+    assert transport.levels == {} and env.recipients[0].state == State.BOUNCED
+    assert len(queued) == 1
+
+
+async def test_the_first_attempt_decides_and_records(tmp_path):
+    env = Envelope(id=new_id(), sender="a@brondby.dk",
+                   recipients=[RecipientState("x@hotmail.dk")], received=time.time())
+    transport, queued = await _one_attempt(tmp_path, env, CPR_MESSAGE)
+    assert env.dlp == DlpOutcome("secure", (("body", ""),))
+    assert transport.levels == {} and len(queued) == 1  # no department in this policy: DSN
+    assert Envelope.from_json(env.to_json()).dlp == env.dlp

@@ -32,6 +32,8 @@ _SPACES = " \u00a0\u202f"
 # Letters and digits of any script bound a candidate; "_" and punctuation do not.
 _CANDIDATE = re.compile(
     rf"(?<![^\W_])([0-9]{{6}})([{_HYPHENS}{_SPACES}]?)([0-9]{{4}})(?![^\W_])")
+# Logs mask more cautiously: any ten digits with a real date, even glued to letters.
+_LOOSE_CANDIDATE = re.compile(rf"(?<![0-9])([0-9]{{6}})[{_HYPHENS}{_SPACES}]?([0-9]{{4}})(?![0-9])")
 _KEYWORD = re.compile(r"cpr|personnummer", re.IGNORECASE)
 KEYWORD_DISTANCE = 40
 _LONGEST_KEYWORD = len("personnummer")
@@ -114,3 +116,10 @@ def mask_text(text: str) -> str:
         pieces += [text[pos:m.start], text[m.start:m.start + 6], "-XXXX"]
         pos = m.end
     return "".join(pieces) + text[pos:]
+
+
+def mask_possible(text: str, replacement: str = "XXXXXX-XXXX") -> str:
+    """`text` with every ten-digit run that holds a real CPR date replaced, whether or not it
+    counts by the rule: for logs and other free text, where caution costs nothing."""
+    return _LOOSE_CANDIDATE.sub(
+        lambda m: replacement if real_date(m[1] + m[2]) else m[0], text)

@@ -16,6 +16,7 @@ import time
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
+from gateway.config import DlpConfig
 from gateway.policy.dlp.cpr import Reason, find_cpr_numbers
 from gateway.policy.dlp.extract import Gap, Limits, Where, extract
 
@@ -67,6 +68,21 @@ def scan_message(data: bytes, limits: Limits | None = None) -> ScanResult:
                 seen.add(key)
                 findings.append(Finding(text.where, text.name, m.masked, m.reason))
     return ScanResult(tuple(findings), tuple(extraction.gaps), time.perf_counter() - started)
+
+
+def limits_from(config: DlpConfig) -> Limits:
+    """The `[dlp]` limits as the extractor takes them."""
+    return Limits(max_bytes=config.max_bytes, max_parts=config.max_parts,
+                  max_depth=config.max_depth, max_pdf_pages=config.max_pdf_pages)
+
+
+def describe_places(places: tuple[tuple[str, str], ...]) -> str:
+    """ "the body and the attachment bilag.pdf": for logs and diagnostics, never a number."""
+    names = [f"the attachment {name}" if name else "an unnamed attachment"
+             if where == "attachment" else f"the {where}" for where, name in places]
+    if len(names) <= 1:
+        return names[0] if names else "nothing"
+    return f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 class ScanFailed(Exception):

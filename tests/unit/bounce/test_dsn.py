@@ -316,3 +316,17 @@ def test_the_golden_matcher_catches_differences() -> None:
                   "Subject: hi\nContent-Type: x; boundary=B1\n--B1\nend\nextra"):
         with pytest.raises(AssertionError):
             assert_matches_golden(wrong, golden)
+
+
+def test_dlp_bounce_names_every_place_never_a_number() -> None:
+    found_in = (("subject", ""), ("body", ""), ("attachment", "bilag.pdf"), ("attachment", ""))
+    original = ORIGINAL.replace(b"Om borgeren", b"Borger 010203-1234")
+    dsn = build([Notice("lone@gmail.example", "", "failed", "5.7.1", "x-send-sikkert; cpr",
+                        "cpr_blocked", found_in=found_in)], original=original)
+    text = " ".join(text_of(parse(dsn)).split())
+    assert ("CPR-nummer i emnefeltet, selve mailen, den vedhæftede fil »bilag.pdf« og en "
+            "vedhæftet fil uden navn") in text
+    assert ("but the subject, the text of the message, the attachment “bilag.pdf” and an "
+            "attachment without a name holds a CPR number") in text
+    assert b"1234" not in dsn  # not in the text, not in the copy of the headers
+    assert "Borger 010203-XXXX" in parse(dsn).get_payload()[2].get_payload()
