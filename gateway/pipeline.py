@@ -187,14 +187,12 @@ class Pipeline:
                                    for g in result.gaps))
         for reason in dict.fromkeys(g.reason for g in result.gaps):
             metrics.dlp_incomplete.labels(reason=reason).inc()
-        if result.gaps:
-            log.warning("%s: not scanned in full for CPR numbers: %s", env.id,
-                        "; ".join(env.dlp.gaps))
         for finding in result.findings:
             metrics.dlp_findings.labels(where=finding.where, action=mode).inc()
-        if result.found:
-            log.warning("%s: %d CPR number(s) found in %s (dlp.cpr = %s)", env.id,
-                        len(result.findings), describe_places(result.places), mode)
+        if result.found or result.gaps:
+            maillog.dlp(env.id, mode=mode, findings=len(result.findings),
+                        found=describe_places(result.places) if result.found else "",
+                        incomplete="; ".join(env.dlp.gaps))
         return env.dlp
 
     def _refusal(self, department: Department | None, sender: str,

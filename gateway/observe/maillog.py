@@ -2,7 +2,8 @@
 
 A mail administrator asked "where is my mail?" greps the queue id (or the Message-ID,
 which the `received` line names) and reads the message's road: `received`, one
-`classified` per recipient of tagged mail, one `delivered`, `deferred` or `bounced` per
+`classified` per recipient of tagged mail, `dlp` when the scan of an untagged mail found
+a CPR number or could not read all of it, one `delivered`, `deferred` or `bounced` per
 recipient and attempt, `dsn` when a notice was queued (naming the notice's own queue id),
 `removed` when the message left the queue. Refusals before a message has a queue id are
 `reject` events under `NOQUEUE`, as Postfix writes them.
@@ -33,7 +34,7 @@ NOQUEUE = "NOQUEUE"
 mail = logging.getLogger("gateway.mail")
 
 _ADDRESS_KEYS = frozenset({"from", "to"})
-_FREE_TEXT_KEYS = frozenset({"reason", "reply", "message_id", "helo"})
+_FREE_TEXT_KEYS = frozenset({"reason", "reply", "message_id", "helo", "found", "incomplete"})
 _NEEDS_QUOTES = re.compile(r'[\s"=\\]|[^\x21-\x7e\u00a0-\uffff]')
 _CPR_SHAPED = re.compile(r"\d{6}[- ]?\d{4}")
 CPR_MASK = "XXXXXX-XXXX"
@@ -130,6 +131,13 @@ def outcome(event: Outcome, queue_id: str, recipient: str, *, cls: str, status: 
                             "tls_version": tls_version, "tls_cipher": tls_cipher,
                             "status": status, "reply": reply, "reason": reason,
                             "delay": round(delay, 2)})
+
+
+def dlp(queue_id: str, *, mode: str, findings: int, found: str, incomplete: str) -> None:
+    """The DLP scan of an untagged message found CPR numbers (where, never a number) or
+    could not read all of it (what, and why)."""
+    _emit(queue_id, "dlp", {"mode": mode, "findings": findings, "found": found,
+                            "incomplete": incomplete}, level=logging.WARNING)
 
 
 def dsn(queue_id: str, *, dsn_id: str, action: str, recipient: str) -> None:

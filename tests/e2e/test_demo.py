@@ -97,6 +97,20 @@ def test_demo_runs_from_the_repository_root(checkout: Path):
                                  input=signed, capture_output=True, check=True).stdout
         assert content.decode().count("Sendt sikkert via Ældre og Omsorg") == 1
         assert "220910-1234" in content.decode()  # the body is there, for the recipient
+
+        # The README's safety net: untagged, with a CPR number, to an unsafe address.
+        untagged = (b"From: lela@brondby.dk\r\nTo: hm@hotmail.dk\r\nSubject: Vedr. din mor\r\n"
+                    b"\r\nDin mor, cpr. 220910-1234, har skinnebenssaar.\r\n")
+        with smtplib.SMTP("127.0.0.1", smtp_port, timeout=30) as client:
+            client.sendmail("lela@brondby.dk", ["hm@hotmail.dk"], untagged)
+        while len(list(outbox.glob("*.eml"))) < 3 and time.monotonic() < deadline + 20:
+            time.sleep(0.05)
+        [dsn] = [f for f in outbox.glob("*.eml") if f not in files]
+        assert b"Subject: Ikke afleveret: CPR-nummer" in dsn.read_bytes()
+        assert b"1234" not in dsn.read_bytes()
+        scan = subprocess.run([SCRIPT, "scan", str(dsn)], cwd=checkout, env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert scan.returncode == 0, scan.stdout  # nothing left to find in the DSN
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0

@@ -29,9 +29,9 @@ Reason = Literal["hyphen", "modulus11", "keyword"]
 
 _HYPHENS = "-\u2010\u2011\u2012\u2013\u2212"
 _SPACES = " \u00a0\u202f"
-# Letters and digits of any script bound a candidate; "_" and punctuation do not.
-_CANDIDATE = re.compile(
-    rf"(?<![^\W_])([0-9]{{6}})([{_HYPHENS}{_SPACES}]?)([0-9]{{4}})(?![^\W_])")
+# Letters and digits of any script bound a candidate; "_" and punctuation do not. The
+# character before is checked by hand: a lookbehind first would be tried at every position.
+_CANDIDATE = re.compile(rf"([0-9]{{6}})([{_HYPHENS}{_SPACES}]?)([0-9]{{4}})(?![^\W_])")
 # Logs mask more cautiously: any ten digits with a real date, even glued to letters.
 _LOOSE_CANDIDATE = re.compile(rf"(?<![0-9])([0-9]{{6}})[{_HYPHENS}{_SPACES}]?([0-9]{{4}})(?![0-9])")
 _KEYWORD = re.compile(r"cpr|personnummer", re.IGNORECASE)
@@ -88,7 +88,12 @@ def _keyword_before(text: str, start: int) -> bool:
 
 def find_cpr_numbers(text: str) -> Iterator[CprMatch]:
     """Every CPR number in `text` that counts by the contract's rule, in order."""
-    for m in _CANDIDATE.finditer(text):
+    pos = 0
+    while (m := _CANDIDATE.search(text, pos)) is not None:
+        if m.start() > 0 and text[m.start() - 1].isalnum():
+            pos = m.start() + 1  # glued: a later candidate may still start inside this one
+            continue
+        pos = m.end()
         digits = m[1] + m[3]
         if not real_date(digits):
             continue

@@ -18,6 +18,7 @@ import base64
 import binascii
 import codecs
 import io
+import re
 import zipfile
 from dataclasses import dataclass, field
 from email.message import Message
@@ -43,6 +44,8 @@ _ENCRYPTED_TYPES = {"application/pkcs7-mime", "application/x-pkcs7-mime",
 _WINDOWS_1252_ALIASES = {"latin_1", "iso8859-1", "ascii"}  # codec names after lookup
 _NOT_BASE64 = bytes(set(range(256)) - set(
     b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"))
+# RFC 3676: a line ending in a space continues on the next; "010190 \r\n1234" is one number.
+_FLOWED_BREAK = re.compile(r" \r?\n")
 _BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"),
          (codecs.BOM_UTF16_BE, "utf-16"))
 
@@ -169,10 +172,10 @@ class _Walker:
             self.message(content, "attachment", name, depth + 1)
         else:
             self.content(content, ctype, headers.get_content_charset(), filename, where, name,
-                         depth)
+                         depth, flowed=str(headers.get_param("format", "")).lower() == "flowed")
 
     def content(self, data: bytes, ctype: str, charset: str | None, filename: str,
-                where: Where, name: str, depth: int) -> None:
+                where: Where, name: str, depth: int, flowed: bool = False) -> None:
         """One decoded part or archive member, read by what it is."""
         out = self.out
         extension = _extension(filename)
@@ -180,7 +183,8 @@ class _Walker:
                                     and not ctype.startswith("text/")):
             out.add(where, name, html_text(decode_text(data, charset)))
         elif ctype.startswith("text/") or ctype in _TEXT_TYPES or extension in _TEXT_EXTENSIONS:
-            out.add(where, name, decode_text(data, charset))
+            text = decode_text(data, charset)
+            out.add(where, name, _FLOWED_BREAK.sub(" ", text) if flowed else text)
         elif documents.is_pdf(data):
             self.pdf(data, where, name)
         elif documents.is_zip(data):

@@ -330,3 +330,14 @@ def test_dlp_bounce_names_every_place_never_a_number() -> None:
             "attachment without a name holds a CPR number") in text
     assert b"1234" not in dsn  # not in the text, not in the copy of the headers
     assert "Borger 010203-XXXX" in parse(dsn).get_payload()[2].get_payload()
+
+
+def test_dlp_bounce_matches_the_golden_file() -> None:
+    original = ORIGINAL.replace(b"Subject: Om borgeren", b"Subject: Om Bente 010190-1234")
+    original = original.replace(b"X-Send-Sikkert: aeldreomsorg\r\n", b"")  # untagged
+    dsn = build([Notice("lone@gmail.example", "", "failed", "5.7.1",
+                        unsafe("x").diagnostic, "cpr_found",
+                        found_in=(("body", ""), ("attachment", "brev til Ole.pdf")))],
+                original=original)
+    golden = (GOLDEN / "cpr_found.dsn").read_text(encoding="utf-8")
+    assert_matches_golden(dsn.decode("utf-8"), golden)

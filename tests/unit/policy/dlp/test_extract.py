@@ -44,6 +44,13 @@ def test_quoted_printable_soft_break_inside_the_number():
     assert places(message) == [("body", "", "010190-XXXX")]
 
 
+def test_format_flowed_lines_are_joined():
+    message = (b"From: a@brondby.dk\r\nSubject: x\r\nMIME-Version: 1.0\r\n"
+               b"Content-Type: text/plain; charset=utf-8; format=flowed\r\n\r\n"
+               b"Bente Jensen, f. 010190 \r\n1238, har s\xc3\xa5r\r\n")
+    assert places(message) == [("body", "", "010190-XXXX")]
+
+
 @pytest.mark.parametrize("charset", ["iso-8859-1", "windows-1252"])
 def test_legacy_charsets(charset: str):
     # "ø" glued to the number makes it part of a word: only right decoding tells.
