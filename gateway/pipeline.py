@@ -3,7 +3,9 @@
 The scheduler calls `attempt` when recipients are due; this module decides for each of
 them what may be sent where and records the outcome on the recipient's state. It never
 retries by itself and never sends a tagged mail where the class is not safe: an unknown
-class or an unexpected error defers (fail closed).
+class or an unexpected error defers (fail closed). Untagged mail passes the DLP scan
+first (policy/dlp, once per message, its outcome kept in the spool record); one holding
+a CPR number is handled by `dlp.cpr` (CONTRACT "Data-loss prevention").
 """
 
 from __future__ import annotations
@@ -151,7 +153,7 @@ class Pipeline:
         department = next((d for d in self.policy.departments if d.is_default_for(env.sender)),
                           None)
         where = describe_places(outcome.found)
-        refusal = None
+        refusal: Refusal | None
         if action == "block":
             refusal = Refusal("cpr_blocked", f"a CPR number was found in {where}; "
                                              "untagged mail with one is not sent outside")
