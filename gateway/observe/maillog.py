@@ -35,7 +35,6 @@ mail = logging.getLogger("gateway.mail")
 
 _ADDRESS_KEYS = frozenset({"from", "to"})
 _FREE_TEXT_KEYS = frozenset({"reason", "reply", "message_id", "helo", "found", "incomplete"})
-_NEEDS_QUOTES = re.compile(r'[\s"=\\]|[^\x21-\x7e\u00a0-\uffff]')
 _CPR_SHAPED = re.compile(r"\d{6}[- ]?\d{4}")
 CPR_MASK = "XXXXXX-XXXX"
 MAX_TEXT = 1000  # characters of one free-text value (a Message-ID may be 998 bytes long)
@@ -71,7 +70,9 @@ def _text_value(key: str, value: object) -> str:
     elif isinstance(value, bool):
         return "true" if value else "false"
     text = str(value)
-    if not text or _NEEDS_QUOTES.search(text):
+    # Quoted (JSON string rules) when empty, spaced, or holding what would break the line.
+    if (not text or " " in text or '"' in text or "=" in text or "\\" in text
+            or not text.isprintable()):
         return json.dumps(text, ensure_ascii=False)
     return text
 
@@ -95,7 +96,10 @@ def _emit(queue_id: str, event: str, fields: dict[str, object],
             value = _mask(str(value)[:MAX_TEXT])
         kept[key] = value
     line = Event(queue_id, event, kept)
-    mail.log(level, line, extra={"mail_event": line})
+    # makeRecord + handle: what Logger.log does, less finding the caller's frame, which no
+    # format here shows and which costs more than formatting the line.
+    mail.handle(mail.makeRecord(mail.name, level, "", 0, line, (), None,
+                                extra={"mail_event": line}))
 
 
 # The events, in the order a message meets them.
@@ -152,9 +156,18 @@ def removed(queue_id: str) -> None:
 
 # Formatters and setup.
 
+_second: tuple[int, str, str] = (-1, "", "")  # the last second formatted, and its offset
+
+
 def _timestamp(record: logging.LogRecord) -> str:
-    return datetime.fromtimestamp(record.created).astimezone().isoformat(
-        timespec="milliseconds")
+    """ISO 8601 local time with milliseconds and the UTC offset; one strftime a second."""
+    global _second
+    whole = int(record.created)
+    if whole != _second[0]:
+        moment = datetime.fromtimestamp(whole).astimezone()
+        offset = moment.isoformat()[19:]  # "+02:00"
+        _second = (whole, moment.strftime("%Y-%m-%dT%H:%M:%S"), offset)
+    return f"{_second[1]}.{int(record.msecs):03d}{_second[2]}"
 
 
 class TextFormatter(logging.Formatter):
