@@ -5,8 +5,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 
 import pytest
 
@@ -87,6 +90,9 @@ def test_both_formats_carry_the_same_fields(captured: Captured):
     assert "relay" not in found[3] and found[3]["reason"] == "no certificate"
     assert (found[4]["dsn_id"], found[4]["to"]) == ("0D1E2F", "lela@brondby.dk")
     assert all(e["queue_id"] == "0A1B2C" and e["logger"] == "gateway.mail" for e in found)
+    stamp = datetime.fromisoformat(str(found[0]["time"]))  # local time, ms, UTC offset
+    assert re.fullmatch(r"[\d-]{10}T[\d:]{8}\.\d{3}[+-]\d\d:\d\d", str(found[0]["time"]))
+    assert abs(stamp.timestamp() - time.time()) < 60
     assert len(captured.text.splitlines()) == 6  # one line per event, no more
 
 
