@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import ssl
 import time
@@ -36,6 +35,7 @@ from gateway.config import ConfigError, DirectoryConfig
 from gateway.directory import DirectoryUnavailable
 from gateway.directory.cache import LookupCache
 from gateway.policy.address import normalise
+from gateway.secret import read_secret
 
 # RFC 5321 §4.1.2 Mailbox (RFC 6531: UTF-8 allowed), with the §4.5.3.1 size limits.
 _FILTER_SPECIALS = frozenset("\\*()\0")
@@ -64,22 +64,10 @@ def read_password(config: DirectoryConfig, config_file: str | Path = "") -> str 
     where = str(config_file) or "configuration"
     if not config.bind_dn:
         return None
-    if config.bind_password_env and config.bind_password_file:
-        raise ConfigError(where, "directory.bind_password_env",
-                          "set either bind_password_env or bind_password_file, not both")
-    if config.bind_password_env:
-        password = os.environ.get(config.bind_password_env)
-        if password is None:
-            raise ConfigError(where, "directory.bind_password_env",
-                              f"environment variable {config.bind_password_env} is not set")
-    elif config.bind_password_file:
-        try:
-            password = config.bind_password_file.read_text(encoding="utf-8").rstrip("\r\n")
-        except (OSError, UnicodeDecodeError) as e:
-            reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
-            raise ConfigError(where, "directory.bind_password_file",
-                              f"cannot read {config.bind_password_file}: {reason}") from None
-    else:
+    password = read_secret(where, config.bind_password_file, config.bind_password_env,
+                           file_key="directory.bind_password_file",
+                           env_key="directory.bind_password_env")
+    if password is None:
         raise ConfigError(where, "directory.bind_dn",
                           "needs bind_password_file or bind_password_env")
     # RFC 4513 §5.1.2: a DN with an empty password is an unauthenticated (anonymous) bind.

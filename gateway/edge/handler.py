@@ -17,12 +17,14 @@ import re
 import time
 from collections.abc import Callable, Sequence
 
+from aiosmtpd.proxy_protocol import ProxyData
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 from aiosmtpd.smtp import Session
 
 from gateway import rawmail
 from gateway.config import TagsConfig
 from gateway.edge.protocol import BAD_SENDER, GatewaySMTP
+from gateway.edge.proxy import in_networks
 from gateway.model import Envelope, RecipientState
 from gateway.observe import maillog, metrics
 from gateway.policy.address import InvalidAddress, NeedsUtf8, normalise
@@ -55,14 +57,12 @@ class Handler:
         self.departments = tuple(departments)  # only to name the department in the log
 
     def may_relay(self, peer: object) -> bool:
-        try:
-            host = peer[0] if isinstance(peer, tuple) else str(peer)
-            ip = ipaddress.ip_address(host.split("%")[0])
-        except (ValueError, TypeError, IndexError):
-            return False
-        if ip.version == 6 and ip.ipv4_mapped:
-            ip = ip.ipv4_mapped
-        return any(ip in net for net in self.relay_networks)
+        return in_networks(peer, self.relay_networks)
+
+    async def handle_PROXY(self, server: GatewaySMTP, session: Session, envelope: SmtpEnvelope,
+                           data: ProxyData) -> bool:
+        """A trusted proxy's valid header: go on as its client, or close (False)."""
+        return server.proxied(data)
 
     async def handle_EHLO(self, server: GatewaySMTP, session: Session, envelope: SmtpEnvelope,
                           hostname: str, responses: list[str]) -> list[str]:

@@ -10,6 +10,11 @@ not exist here (relay control is by network); a second STARTTLS is refused (RFC 
 a failed TLS handshake is one log line; `limits` refuses connections past the caps with
 421 4.7.0; a session idle for `timeout` seconds (no byte from the client, also during
 DATA) gets 421 4.4.2 before it is closed (RFC 5321 4.5.3.2.7).
+
+Behind a load balancer (`smtp.proxy_protocol`) it asks only trusted proxies for a PROXY
+header (`edge/proxy.py`) and keeps the client the header names as the session's peer,
+through STARTTLS too (aiosmtpd starts a fresh session after the handshake); the limits
+then count that client, admitted once its header has come.
 """
 
 from __future__ import annotations
@@ -20,7 +25,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from aiosmtpd.proxy_protocol import ProxyData
 from aiosmtpd.smtp import SMTP, TLSSetupException
+
+from gateway.edge.proxy import Peer, ProxyPolicy, ProxyRefused, client_address
+from gateway.observe import metrics
 
 log = logging.getLogger(__name__)
 
@@ -104,28 +113,61 @@ def _source_route(arg: str, keyword: str) -> bool:
 class GatewaySMTP(SMTP):
     """SMTP with RFC 3461 parameters; the handler reads them from `self.dsn`."""
 
-    def __init__(self, *args, limits: ConnectionGate | None = None, **kwargs) -> None:
+    def __init__(self, *args, limits: ConnectionGate | None = None,
+                 proxy: ProxyPolicy | None = None, **kwargs) -> None:
         self.dsn = DsnParams()
         self.pending_rcpt: tuple[tuple[str, ...], str] = ((), "")
         self.limits = limits
         self.client = ""  # the peer's address, once the connection is admitted
         self._refused = False
+        self.proxy = proxy
+        self.proxied_peer: Peer | None = None  # the client a PROXY header named
+        self._awaiting_header = False
+        self._proxy_refusal = ""
         super().__init__(*args, **kwargs)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self._original_transport is None and self.limits is not None:  # not after STARTTLS
+        if self._original_transport is None:  # not after STARTTLS
             peer = transport.get_extra_info("peername")
-            client = str(peer[0]) if isinstance(peer, tuple) else str(peer)
-            refusal = self.limits.admit(client)
-            if refusal is not None:
-                log.warning("refused connection from %s: %s", client, refusal)
-                self._refused = True
-                assert isinstance(transport, asyncio.WriteTransport)
-                transport.write(refusal.encode("ascii") + b"\r\n")
-                transport.close()
+            if self.proxy is not None:
+                # Decided per connection, before aiosmtpd starts reading: only a trusted
+                # proxy is asked for a header; from anyone else a PROXY line is a command.
+                self._proxy_timeout = self.proxy.header_timeout(peer)
+                self._awaiting_header = self._proxy_timeout is not None
+            # Behind a balancer the limits count the client its header names, not it.
+            if not self._awaiting_header and not self._admit(peer, transport):
+                self._refused = True  # aiosmtpd never saw it: nothing of its to undo
                 return
-            self.client = client
         super().connection_made(transport)
+        if self.proxied_peer is not None and self.session is not None:
+            self.session.peer = self.proxied_peer  # the session after STARTTLS is a new one
+
+    def _admit(self, peer: object, transport: asyncio.BaseTransport) -> bool:
+        """Count the connection of `peer`; False (421 sent, closing) past the limits."""
+        if self.limits is None:
+            return True
+        client = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        refusal = self.limits.admit(client)
+        if refusal is not None:
+            log.warning("refused connection from %s: %s", client, refusal)
+            assert isinstance(transport, asyncio.WriteTransport)
+            transport.write(refusal.encode("ascii") + b"\r\n")
+            transport.close()
+            return False
+        self.client = client
+        return True
+
+    def proxied(self, data: ProxyData) -> bool:
+        """A valid PROXY header: take the client it names as the peer; False closes."""
+        assert self.session is not None and self.transport is not None
+        self._awaiting_header = False
+        try:
+            client = client_address(data, self.session.peer)
+        except ProxyRefused as e:
+            self._proxy_refusal = str(e)
+            return False
+        self.proxied_peer = self.session.peer = client
+        return self._admit(client, self.transport)
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._refused:
@@ -133,14 +175,32 @@ class GatewaySMTP(SMTP):
         if self.client and self.limits is not None:
             self.limits.release(self.client)
             self.client = ""
+        if self._proxy_timeout is not None and self.proxied_peer is None and self.session:
+            self._log_proxy_failure()
         super().connection_lost(error)
 
+    def _log_proxy_failure(self) -> None:
+        """aiosmtpd closes a trusted proxy's connection without a word: say why."""
+        assert self.session is not None
+        data = self.session.proxy_data
+        if data is None and self._reader.at_eof():
+            # Hung up before sending a header: a balancer's plain TCP health check.
+            log.debug("proxy %s closed before a PROXY header", self.session.peer)
+            return
+        why = self._proxy_refusal or (data.error if data is not None else "") or (
+            f"no PROXY protocol header within {self._proxy_timeout:g} s")
+        metrics.smtp_rejections.labels(reason="proxy_header").inc()
+        log.warning("closed connection from proxy %s: %s", self.session.peer, why)
+
     def data_received(self, data: bytes) -> None:
-        self._reset_timeout()  # idle means no byte from the client, not one long DATA
+        # Idle means no byte from the client, not one long DATA; a proxy's header has
+        # its own, short, limit.
+        self._reset_timeout(self._proxy_timeout if self._awaiting_header else None)
         super().data_received(data)
 
     def _timeout_cb(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
+        if (self.transport is not None and not self.transport.is_closing()
+                and not self._awaiting_header):
             assert isinstance(self.transport, asyncio.WriteTransport)
             self.transport.write(IDLE.format(host=self.hostname).encode("ascii") + b"\r\n")
         super()._timeout_cb()
