@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from gateway.api.http import make_app
+from gateway.cluster import open_database
 from gateway.config import Config, ConfigError, load
 from gateway.delivery import Router
 from gateway.delivery.security import TransportParts, open_transport_security
@@ -24,6 +25,7 @@ from gateway.directory.service import CertificateDirectory, open_directory
 from gateway.edge.handler import Handler
 from gateway.edge.limits import ConnectionLimits
 from gateway.edge.protocol import GatewaySMTP
+from gateway.edge.proxy import ProxyPolicy
 from gateway.model import Envelope
 from gateway.observe import metrics
 from gateway.pipeline import Pipeline, Policy
@@ -80,6 +82,13 @@ def inbound_tls(config: Config) -> ssl.SSLContext | None:
     return context
 
 
+def proxy_policy(config: Config) -> ProxyPolicy | None:
+    """The load balancers whose PROXY header is read; None: `smtp.proxy_protocol` is off."""
+    if not config.smtp.proxy_protocol:
+        return None
+    return ProxyPolicy(config.smtp.trusted_proxies)
+
+
 def _router(config: Config, loaded: LoadedPolicy) -> Router:
     return Router(hostname=config.smtp.hostname, resolver=loaded.transport.resolver,
                   mx_port=config.routes.mx_port, mta_sts=loaded.transport.mta_sts)
@@ -96,6 +105,8 @@ class Gateway:
         self.scanner = Scanner(limits_from(config.dlp), workers=config.dlp.workers)
         self.handler = Handler(self.spool, config.smtp.relay_networks, config.tags,
                                self.enqueue, loaded.policy.departments)
+        self.proxy = proxy_policy(config)
+        self.database = open_database(config)
         self.scheduler: Scheduler | None = None
         self.pipeline: Pipeline | None = None
         self.servers: list[asyncio.AbstractServer] = []
@@ -123,6 +134,8 @@ class Gateway:
         except SpoolBusy as e:
             raise ConfigError(self.config.path, "spool.dir", str(e)) from None
         await asyncio.to_thread(self.spool.prepare)
+        if self.database is not None:
+            await self.database.open()  # connects and migrates in the background
         self.pipeline = Pipeline(self.config, self.spool, self.loaded.policy, self.transport,
                                  self.enqueue, scanner=self.scanner)
         self.scheduler = Scheduler(self.spool, self.pipeline.attempt, self.config.queue)
@@ -143,7 +156,7 @@ class Gateway:
                                data_size_limit=smtp.max_message_size, enable_SMTPUTF8=True,
                                decode_data=False, tls_context=tls,
                                require_starttls=bool(smtp.tls and smtp.tls.require), loop=loop,
-                               timeout=smtp.timeout, limits=limits)
+                               timeout=smtp.timeout, limits=limits, proxy=self.proxy)
 
         for listen in smtp.listen:
             try:
@@ -220,6 +233,7 @@ class Gateway:
         self.transport = _router(config, loaded)
         self.scanner.limits = limits_from(config.dlp)
         self.handler.relay_networks = config.smtp.relay_networks
+        self.proxy = proxy_policy(config)
         self.handler.tags = config.tags
         self.handler.departments = loaded.policy.departments
         if self.pipeline is not None:
@@ -253,6 +267,8 @@ class Gateway:
             await self.http.cleanup()
         if self.loaded.directory is not None:
             await self.loaded.directory.close()
+        if self.database is not None:
+            await self.database.close()
         log.info("stopped")
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway.cluster import DatabaseUnavailable
 from gateway.directory import DirectoryUnavailable
 from gateway.policy.address import InvalidAddress, normalise
 from gateway.spool import admin
@@ -67,7 +68,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when the SEPO list is loaded, the spool writable and the directory reachable."""
+    """Ready when the SEPO list is loaded, the spool writable and the directory reachable.
+
+    A cluster database that cannot be reached is named under `warnings`.
+    """
     gateway = _gateway(request)
     reasons = []
     if gateway.loaded.sepo is None:
@@ -80,9 +84,20 @@ async def readyz(request: web.Request) -> web.Response:
             await directory.ping()
         except DirectoryUnavailable as e:
             reasons.append(f"certificate directory unreachable: {e}")
+    # Every node shares the database: an outage is no reason to take this one out of the
+    # balancer, and accepting mail never depends on it. It is said, not failed.
+    warnings = []
+    if gateway.database is not None:
+        try:
+            await gateway.database.ping()
+        except DatabaseUnavailable as e:
+            warnings.append(f"cluster database unreachable: {e} (lookups that need it "
+                            "answer unknown; mail waits)")
+    extra = {"warnings": warnings} if warnings else {}
     if reasons:
-        return web.json_response({"status": "not ready", "reasons": reasons}, status=503)
-    return web.json_response({"status": "ready"})
+        return web.json_response({"status": "not ready", "reasons": reasons, **extra},
+                                 status=503)
+    return web.json_response({"status": "ready", **extra})
 
 
 async def prometheus(request: web.Request) -> web.Response:

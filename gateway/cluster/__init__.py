@@ -12,6 +12,29 @@ waits); the pool reconnects by itself once the database answers again.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from gateway.config import Config
+from gateway.secret import read_secret
+
+if TYPE_CHECKING:
+    from gateway.cluster.database import Database
+
 
 class DatabaseUnavailable(Exception):
     """The shared database could not answer (down, unreachable, too slow, not migrated)."""
+
+
+def open_database(config: Config) -> Database | None:
+    """The database `cluster.database` names, with its password; None for a single node."""
+    cluster = config.cluster
+    if not cluster.database:
+        return None
+    password = read_secret(config.path, cluster.database_password_file,
+                           cluster.database_password_env,
+                           file_key="cluster.database_password_file",
+                           env_key="cluster.database_password_env")
+    # Imported here: psycopg takes a fifth of a second to load, which a single node skips.
+    from gateway.cluster.database import Database
+
+    return Database(cluster.database, password, node=cluster.node)

@@ -211,3 +211,4 @@ def _describe(error: BaseException) -> str:
         return "no answer in time"
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__
+

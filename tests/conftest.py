@@ -1,4 +1,4 @@
-"""A real PostgreSQL for the cluster tests, started once; each test gets its own database."""
+"""Fixtures every layer shares: a real PostgreSQL, started once when a test first needs it."""
 
 from __future__ import annotations
 
