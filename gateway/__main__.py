@@ -61,9 +61,12 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    maillog.setup(getattr(args, "log_format", "text"))
+    log_format = getattr(args, "log_format", "text")
+    maillog.setup(log_format)
     try:
         config = load(config_path(getattr(args, "config", None)))
+        if config.cluster.database:  # several nodes: say which one wrote each line
+            maillog.setup(log_format, node=config.cluster.node)
         return asyncio.run(commands.run(args, config))
     except ConfigError as e:
         print(f"send-sikkert: configuration error: {e}", file=sys.stderr)

@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from gateway import app
+from gateway.cluster import database_password
 from gateway.config import Config
 from gateway.devpki import dev_init
 from gateway.model import RecipientClass
@@ -82,6 +83,8 @@ async def config_check(config: Config) -> int:
     if loaded.directory is not None:
         await loaded.directory.close()
     app.inbound_tls(config)
+    if config.cluster.database:
+        database_password(config)
     print(json.dumps(_plain(config), indent=2, ensure_ascii=False))
     print(f"configuration {config.path} is valid: {len(loaded.sepo)} SEPO domain(s), "
           f"{len(loaded.policy.departments)} department(s)", file=sys.stderr)

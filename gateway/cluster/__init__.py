@@ -25,15 +25,21 @@ class DatabaseUnavailable(Exception):
     """The shared database could not answer (down, unreachable, too slow, not migrated)."""
 
 
+def database_password(config: Config) -> str | None:
+    """The password from `database_password_file` or `_env`; None: the URL's own means."""
+    cluster = config.cluster
+    return read_secret(config.path, cluster.database_password_file,
+                       cluster.database_password_env,
+                       file_key="cluster.database_password_file",
+                       env_key="cluster.database_password_env")
+
+
 def open_database(config: Config) -> Database | None:
     """The database `cluster.database` names, with its password; None for a single node."""
     cluster = config.cluster
     if not cluster.database:
         return None
-    password = read_secret(config.path, cluster.database_password_file,
-                           cluster.database_password_env,
-                           file_key="cluster.database_password_file",
-                           env_key="cluster.database_password_env")
+    password = database_password(config)
     # Imported here: psycopg takes a fifth of a second to load, which a single node skips.
     from gateway.cluster.database import Database
 

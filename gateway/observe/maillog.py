@@ -171,21 +171,32 @@ def _timestamp(record: logging.LogRecord) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    """`2025-06-02T10:15:00.123+02:00 INFO gateway.mail[4711]: 0A1B2C: delivered to=<...>`."""
+    """`2025-06-02T10:15:00.123+02:00 INFO gateway.mail[4711]: 0A1B2C: delivered to=<...>`.
+
+    In a cluster the node's name follows the time, as syslog puts the host there.
+    """
+
+    def __init__(self, node: str = "") -> None:
+        super().__init__()
+        self.node = f" {node}" if node else ""
 
     def format(self, record: logging.LogRecord) -> str:
-        line = (f"{_timestamp(record)} {record.levelname} {record.name}[{record.process}]: "
-                f"{record.getMessage()}")
+        line = (f"{_timestamp(record)}{self.node} {record.levelname} "
+                f"{record.name}[{record.process}]: {record.getMessage()}")
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, pid, then the event's fields."""
+    """One JSON object per line: time, (node,) level, logger, pid, then the event's fields."""
+
+    def __init__(self, node: str = "") -> None:
+        super().__init__()
+        self.node = {"node": node} if node else {}
 
     def format(self, record: logging.LogRecord) -> str:
-        data: dict[str, object] = {"time": _timestamp(record),
+        data: dict[str, object] = {"time": _timestamp(record), **self.node,
                                    "level": record.levelname.lower(),
                                    "logger": record.name, "pid": record.process}
         event = getattr(record, "mail_event", None)
@@ -199,10 +210,13 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup(fmt: LogFormat = "text", stream: IO[str] | None = None,
-          level: int = logging.INFO) -> None:
-    """Send every log record to `stream` (stderr) in one format, replacing other handlers."""
+          level: int = logging.INFO, node: str = "") -> None:
+    """Send every log record to `stream` (stderr) in one format, replacing other handlers.
+
+    `node` (`cluster.node`, given when several nodes share a database) goes on every line.
+    """
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.setFormatter(JsonFormatter(node) if fmt == "json" else TextFormatter(node))
     root = logging.getLogger()
     for old in root.handlers[:]:
         root.removeHandler(old)

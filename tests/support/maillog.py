@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import re
 
-_TEXT_LINE = re.compile(r"^(?P<time>\S+) (?P<level>[A-Z]+) (?P<logger>\S+)\[(?P<pid>\d+)\]: "
-                        r"(?P<message>.*)$")
+_TEXT_LINE = re.compile(r"^(?P<time>\S+) (?:(?P<node>\S+) )?(?P<level>[A-Z]+) "
+                        r"(?P<logger>\S+)\[(?P<pid>\d+)\]: (?P<message>.*)$")
 _EVENT = re.compile(r"^(?P<queue_id>[0-9A-Z]+): (?P<event>[a-z]+)(?P<fields>.*)$")
 _FIELD = re.compile(r' (?P<key>[a-z_]+)=(?P<value>"(?:[^"\\]|\\.)*"|\S*)')
 _ADDRESS = ("from", "to")
@@ -49,6 +49,8 @@ def records(log: str, fmt: str) -> list[dict[str, object]]:
         record: dict[str, object] = {k: m[k] for k in ("time", "level", "logger", "pid")}
         record["level"] = m["level"].lower()
         record["pid"] = int(m["pid"])
+        if m["node"]:
+            record["node"] = m["node"]
         event = _EVENT.match(m["message"]) if m["logger"] == "gateway.mail" else None
         if event is None:
             record["message"] = m["message"]

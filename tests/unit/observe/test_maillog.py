@@ -22,12 +22,12 @@ CPR = "0101801234"
 class Captured:
     """The gateway's log records written by one formatter into a string."""
 
-    def __init__(self, fmt: str) -> None:
+    def __init__(self, fmt: str, node: str = "") -> None:
         self.fmt = fmt
         self.stream = io.StringIO()
         self.handler = logging.StreamHandler(self.stream)
-        self.handler.setFormatter(maillog.JsonFormatter() if fmt == "json"
-                                  else maillog.TextFormatter())
+        self.handler.setFormatter(maillog.JsonFormatter(node) if fmt == "json"
+                                  else maillog.TextFormatter(node))
 
     @property
     def text(self) -> str:
@@ -38,9 +38,9 @@ class Captured:
 
 
 @contextmanager
-def capture(fmt: str) -> Iterator[Captured]:
+def capture(fmt: str, node: str = "") -> Iterator[Captured]:
     """The gateway's records at INFO and above, written in `fmt`, while the block runs."""
-    captured = Captured(fmt)
+    captured = Captured(fmt, node)
     logger = logging.getLogger("gateway")
     level = logger.level
     logger.addHandler(captured.handler)
@@ -107,6 +107,19 @@ def test_text_lines_look_like_postfix():
                            'reason="no certificate" delay=0.5')
     assert messages[5] == "0A1B2C: removed"
     assert captured.text.split(" ", 2)[1] == "INFO"
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_cluster_node_names_itself_on_every_line(fmt: str):
+    with capture(fmt, node="gw-2") as captured:
+        emit_road()
+        logging.getLogger("gateway.app").info("reloaded")
+    lines = records(captured.text, fmt)
+    assert len(lines) == 7 and all(line["node"] == "gw-2" for line in lines)
+    assert lines[0]["event"] == "received" and lines[-1]["message"] == "reloaded"
+    with capture(fmt) as single:
+        emit_road()
+    assert all("node" not in line for line in records(single.text, fmt))
 
 
 def test_the_null_sender_and_empty_fields(captured: Captured):
