@@ -20,11 +20,9 @@ READY = 200
 MESSAGE = b"From: a@brondby.dk\r\nTo: b@hotmail.dk\r\nSubject: hej\r\n\r\nhej\r\n"
 
 
-@pytest.fixture(scope="module")
-def own_pg() -> Iterator[Postgres]:
-    server = Postgres().init()
-    yield server
-    server.destroy()
+@pytest.fixture
+def own_pg(private_pg: Postgres) -> Postgres:
+    return private_pg
 
 
 @pytest.fixture

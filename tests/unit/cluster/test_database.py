@@ -111,11 +111,9 @@ def test_a_password_in_the_url_is_refused(database_url):
 
 
 # Outages: a server of their own, so that stopping it disturbs no other test.
-@pytest.fixture(scope="module")
-def outage_pg() -> Iterator[Postgres]:
-    server = Postgres().init()
-    yield server
-    server.destroy()
+@pytest.fixture
+def outage_pg(private_pg: Postgres) -> Postgres:
+    return private_pg
 
 
 @pytest.fixture
