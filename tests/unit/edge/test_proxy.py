@@ -23,6 +23,7 @@ from prometheus_client import REGISTRY
 
 from gateway.config import TagsConfig
 from gateway.edge.handler import Handler
+from gateway.edge.limits import ConnectionLimits
 from gateway.edge.protocol import GatewaySMTP
 from gateway.edge.proxy import ProxyPolicy, in_networks
 from gateway.model import Envelope
@@ -32,6 +33,8 @@ from tests.support.proxyheader import ProxiedSMTP
 from tests.support.sink import server_tls
 
 OK = 250
+GREETING = 220
+TOO_MANY = 421
 RELAY_DENIED = 554
 UNKNOWN_COMMAND = 500
 
@@ -51,6 +54,7 @@ class Edge:
 @pytest.fixture
 async def edge(tmp_path: Path, request) -> AsyncIterator[Edge]:
     tls, proxy = getattr(request, "param", (None, True))
+    limits = ConnectionLimits("gw.test", max_connections=100, max_per_client=1)
     spool = Spool(tmp_path / "spool")
     spool.prepare()
     nets = [ipaddress.ip_network("10.1.2.0/24"), ipaddress.ip_network("2001:db8::/32")]
@@ -61,7 +65,8 @@ async def edge(tmp_path: Path, request) -> AsyncIterator[Edge]:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
         lambda: GatewaySMTP(handler, hostname="gw.test", decode_data=False, tls_context=tls,
-                            proxy=policy if proxy else None, loop=loop), "127.0.0.1", 0)
+                            proxy=policy if proxy else None, limits=limits, loop=loop),
+        "127.0.0.1", 0)
     yield Edge(server.sockets[0].getsockname()[1], accepted)
     server.close()
     await server.wait_closed()
@@ -205,6 +210,23 @@ async def test_the_client_survives_starttls(edge: Edge):
                                    True, _CA)
     assert code == OK
     assert edge.accepted[0].client == "10.1.2.3"
+
+
+async def test_the_limits_count_the_client_behind_the_balancer(edge: Edge):
+    """One connection per client here: the balancer's own address must not be the client."""
+    def greeting(header: bytes) -> tuple[socket.socket, int]:
+        s = socket.create_connection(("127.0.0.1", edge.port), 5, source_address=(PROXY_ADDR, 0))
+        s.sendall(header)
+        return s, int(s.recv(1024)[:3])
+
+    first, code = await asyncio.to_thread(greeting, proxyheader.v2("10.1.2.3"))
+    assert code == GREETING
+    other, code = await asyncio.to_thread(greeting, proxyheader.v2("10.1.2.4"))
+    assert code == GREETING
+    again, code = await asyncio.to_thread(greeting, proxyheader.v2("10.1.2.3"))
+    assert code == TOO_MANY
+    for s in (first, other, again):
+        s.close()
 
 
 @pytest.mark.parametrize("peer,expected", [
