@@ -13,11 +13,12 @@ import logging
 import signal
 import ssl
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from gateway.api.http import make_app
-from gateway.cluster import open_database
+from gateway.cluster import mta_sts_store, open_database
 from gateway.config import Config, ConfigError, load
 from gateway.delivery import Router
 from gateway.delivery.security import TransportParts, open_transport_security
@@ -38,6 +39,9 @@ from gateway.spool import admin
 from gateway.spool.scheduler import Scheduler
 from gateway.spool.store import Spool, SpoolBusy
 
+if TYPE_CHECKING:
+    from gateway.cluster.database import Database
+
 log = logging.getLogger(__name__)
 
 
@@ -51,10 +55,12 @@ class LoadedPolicy:
     transport: TransportParts
 
 
-async def load_policy(config: Config, with_departments: bool = True) -> LoadedPolicy:
+async def load_policy(config: Config, with_departments: bool = True,
+                      database: Database | None = None) -> LoadedPolicy:
     """Read the SEPO list, departments and certificate directory; ConfigError when bad.
 
     `check` classifies without the departments, so it runs without access to their keys.
+    With `database` (`cluster.database`) the shared stores live in it.
     """
     sepo = load_sepo(config.sepo.list, config.path)
     departments = ()
@@ -62,7 +68,7 @@ async def load_policy(config: Config, with_departments: bool = True) -> LoadedPo
         departments = await asyncio.to_thread(load_departments, config.departments,
                                               str(config.path))
     directory = open_directory(config.directory, config_file=config.path)
-    transport = open_transport_security(config)
+    transport = open_transport_security(config, mta_sts_store(database))
     classifier = Classifier(config.organisation.internal_domains, sepo, directory,
                             transport.lookup,
                             Routing(config.routes, config.organisation.internal_domains))
@@ -97,16 +103,17 @@ def _router(config: Config, loaded: LoadedPolicy) -> Router:
 class Gateway:
     """The running daemon."""
 
-    def __init__(self, config: Config, loaded: LoadedPolicy) -> None:
+    def __init__(self, config: Config, loaded: LoadedPolicy,
+                 database: Database | None = None) -> None:
         self.config = config
         self.loaded = loaded
+        self.database = database  # the daemon's, opened in start(), closed in stop()
         self.spool = Spool(config.spool.dir)
         self.transport = _router(config, loaded)
         self.scanner = Scanner(limits_from(config.dlp), workers=config.dlp.workers)
         self.handler = Handler(self.spool, config.smtp.relay_networks, config.tags,
                                self.enqueue, loaded.policy.departments)
         self.proxy = proxy_policy(config)
-        self.database = open_database(config)
         self.scheduler: Scheduler | None = None
         self.pipeline: Pipeline | None = None
         self.servers: list[asyncio.AbstractServer] = []
@@ -217,13 +224,13 @@ class Gateway:
         """
         try:
             config = await asyncio.to_thread(load, self.config.path)
-            loaded = await load_policy(config)
+            loaded = await load_policy(config, database=self.database)
         except ConfigError as e:
             metrics.last_reload_successful.labels(source="configuration").set(0)
             log.error("reload refused, keeping the running configuration: %s", e)
             return
         for key in ("smtp.listen", "smtp.hostname", "smtp.max_message_size", "smtp.tls",
-                    "http.listen", "spool.dir"):
+                    "http.listen", "spool.dir", "cluster.database", "cluster.node"):
             section, name = key.split(".")
             if getattr(getattr(config, section), name) != getattr(getattr(self.config, section),
                                                                  name):
@@ -274,8 +281,9 @@ class Gateway:
 
 async def serve(config: Config) -> int:
     """Run the daemon until SIGTERM or SIGINT; 0 on a clean stop."""
-    loaded = await load_policy(config)
-    gateway = Gateway(config, loaded)
+    database = open_database(config)
+    loaded = await load_policy(config, database=database)
+    gateway = Gateway(config, loaded, database)
     await gateway.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from gateway import app
-from gateway.cluster import database_password
+from gateway.cluster import connected, database_password
 from gateway.config import Config
 from gateway.devpki import dev_init
 from gateway.model import RecipientClass
@@ -57,13 +57,14 @@ async def check(config: Config, addresses: list[str], as_json: bool) -> int:
     except InvalidAddress as e:
         print(f"send-sikkert: {e}", file=sys.stderr)
         return EXIT_USAGE
-    loaded = await app.load_policy(config, with_departments=False)
-    try:
-        decisions = await asyncio.gather(
-            *(loaded.policy.classifier.classify(a) for a in addresses))
-    finally:
-        if loaded.directory is not None:
-            await loaded.directory.close()
+    async with connected(config) as database:
+        loaded = await app.load_policy(config, with_departments=False, database=database)
+        try:
+            decisions = await asyncio.gather(
+                *(loaded.policy.classifier.classify(a) for a in addresses))
+        finally:
+            if loaded.directory is not None:
+                await loaded.directory.close()
     if as_json:
         print(json.dumps({"results": [d.as_json() for d in decisions]}, ensure_ascii=False))
     else:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from gateway.cluster.database import Database
 from tests.support import postgres
-from tests.support.postgres import Postgres
+from tests.support.postgres import ROLE_PASSWORD, OpenNode, Postgres
 
 
 def _server() -> Iterator[Postgres]:
@@ -34,3 +35,24 @@ def private_pg() -> Iterator[Postgres]:
 def database_url(pg: Postgres) -> str:
     """A fresh empty database, as `cluster.database` would name it."""
     return pg.url(pg.create_database())
+
+
+@pytest.fixture
+async def open_node(database_url: str) -> AsyncIterator[OpenNode]:
+    """`await open_node("node1")`: one node's pool on the test's database, schema migrated.
+
+    Several calls are several nodes of one cluster; all are closed at the end.
+    """
+    opened: list[Database] = []
+
+    async def open_one(node: str = "node1", url: str = database_url,
+                       patience: float = 2.0) -> Database:
+        db = Database(url, ROLE_PASSWORD, node=node, timeout=patience)
+        opened.append(db)
+        await db.open()
+        assert await db.wait_ready(15), db.problem()
+        return db
+
+    yield open_one
+    for db in opened:
+        await db.close()

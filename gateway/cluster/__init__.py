@@ -12,6 +12,8 @@ waits); the pool reconnects by itself once the database answers again.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from gateway.config import Config
@@ -19,6 +21,7 @@ from gateway.secret import read_secret
 
 if TYPE_CHECKING:
     from gateway.cluster.database import Database
+    from gateway.delivery.mtasts import PolicyStore
 
 
 class DatabaseUnavailable(Exception):
@@ -44,3 +47,30 @@ def open_database(config: Config) -> Database | None:
     from gateway.cluster.database import Database
 
     return Database(cluster.database, password, node=cluster.node)
+
+
+@contextlib.asynccontextmanager
+async def connected(config: Config) -> AsyncIterator[Database | None]:
+    """For a command (`check`): the database, given its timeout to connect and migrate.
+
+    Past it the command goes on, and what needs the database answers unknown.
+    """
+    database = open_database(config)
+    if database is None:
+        yield None
+        return
+    await database.open()
+    await database.wait_ready(database.timeout)
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
+def mta_sts_store(database: Database | None) -> PolicyStore | None:
+    """The MTA-STS policy cache in the database; None: the files beside the spool."""
+    if database is None:
+        return None
+    from gateway.cluster.mtasts import DatabasePolicyStore
+
+    return DatabasePolicyStore(database)

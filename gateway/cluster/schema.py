@@ -39,7 +39,19 @@ class Migration:
     statements: tuple[str, ...]
 
 
-MIGRATIONS: tuple[Migration, ...] = ()
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "MTA-STS policy cache", (
+        # One row per recipient domain: the policy as the files hold it (CachedPolicy's
+        # versioned JSON), when it was fetched and until when it counts (RFC 8461 5.1).
+        """CREATE TABLE mta_sts_policies (
+            domain text PRIMARY KEY,
+            policy jsonb NOT NULL,
+            fetched_at timestamptz NOT NULL,
+            expires_at timestamptz NOT NULL,
+            saved_by text NOT NULL
+        )""",
+    )),
+)
 
 
 async def current_version(conn: AsyncConnection) -> int:

@@ -18,9 +18,17 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tests.support.sink import free_port
+
+if TYPE_CHECKING:
+    from gateway.cluster.database import Database
+
+# The `open_node` fixture (tests/conftest.py): open_node("node2") is another node's pool.
+OpenNode = Callable[..., Awaitable["Database"]]
 
 BIN = Path("/usr/lib/postgresql/15/bin")
 SUPERUSER = "postgres"

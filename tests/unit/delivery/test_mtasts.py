@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import trustme
 
-from gateway.delivery.mtasts import CachedPolicy, StsPolicy
+from gateway.cluster.mtasts import DatabasePolicyStore
+from gateway.delivery.mtasts import CachedPolicy, PolicyStore, StsPolicy
 from gateway.delivery.mtasts.fetch import PolicyFetcher
 from gateway.delivery.mtasts.files import FilePolicyStore
 from gateway.delivery.mtasts.policy import PolicyError, parse_policy, record_id
@@ -170,12 +171,13 @@ def clock() -> Clock:
 
 
 def service(dns: DnsServer, hosts: tuple[PolicyHost, PolicyHost], web_ca: trustme.CA,
-            folder: Path, clock: Clock, timeout: float = 5) -> MtaSts:
+            folder: Path, clock: Clock, timeout: float = 5,
+            store: PolicyStore | None = None) -> MtaSts:
     ca = folder / "web-ca.pem"
     web_ca.cert_pem.write_to_path(str(ca))
     resolver = DnsResolver([dns.nameserver], timeout=5)
     fetcher = PolicyFetcher(resolver, ca_file=ca, port=hosts[0].port, timeout=timeout)
-    return MtaSts(resolver, fetcher, FilePolicyStore(folder / "mta-sts"), clock=clock)
+    return MtaSts(resolver, fetcher, store or FilePolicyStore(folder / "mta-sts"), clock=clock)
 
 
 async def test_enforce_vouches_and_is_cached_on_disk(dns, hosts, web_ca, tmp_path, clock):
@@ -299,3 +301,18 @@ async def test_an_unreadable_store_is_a_failure(dns, hosts, web_ca, tmp_path, cl
     (tmp_path / "mta-sts" / "sts.test.json").mkdir(parents=True)  # cannot be read as a file
     answer = await service(dns, hosts, web_ca, tmp_path, clock).lookup("sts.test")
     assert answer.result == "failed" and "cache is unavailable" in answer.reason
+
+
+async def test_several_nodes_share_one_fetch_through_the_cluster_database(
+        dns, hosts, web_ca, tmp_path, clock, open_node):
+    """`cluster.database`: the policy one node fetched serves the others, who never fetch."""
+    nodes = []
+    for name in ("node1", "node2", "node3"):
+        (tmp_path / name).mkdir()
+        nodes.append(service(dns, hosts, web_ca, tmp_path / name, clock,
+                             store=DatabasePolicyStore(await open_node(name))))
+    for sts in nodes:
+        answer = await sts.lookup("sts.test")
+        assert answer.result == "secure" and answer.entry is not None
+        assert answer.entry.policy.mx == ("mx1.sts.test", "*.backup.test")
+    assert hosts[0].requests == ["sts.test"]
