@@ -68,7 +68,7 @@ node = "node{i}"
 
     def start(self) -> Cluster:
         with ThreadPoolExecutor(len(self.nodes)) as pool:  # as a rollout would
-            list(pool.map(lambda node: node.start(timeout=30), self.nodes))
+            list(pool.map(lambda node: node.start(timeout=90), self.nodes))
         self.balancer = HAProxy(self.root / "haproxy",
                                 [("127.0.0.1", n.config.smtp_port) for n in self.nodes],
                                 source=BALANCER).start()
@@ -82,7 +82,7 @@ node = "node{i}"
         node.proc.wait(10)
 
     def restart(self, index: int) -> None:
-        self.nodes[index].start(timeout=30)
+        self.nodes[index].start(timeout=90)
 
     def stop(self) -> None:
         if self.balancer is not None:
