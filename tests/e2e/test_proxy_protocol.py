@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import smtplib
 import socket
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trustme
 
 from tests.support import haproxy, proxyheader
 from tests.support.daemon import Daemon, GatewayConfig
@@ -29,10 +31,18 @@ STRANGER = "127.0.0.6"
 MESSAGE = b"From: a@brondby.dk\r\nTo: b@hotmail.dk\r\nSubject: hej\r\n\r\nhej\r\n"
 
 
+@pytest.fixture(scope="module")
+def tls_ca() -> trustme.CA:
+    return trustme.CA()
+
+
 @pytest.fixture
-def proxied(config: GatewayConfig, daemons: list[Daemon]) -> Daemon:
+def proxied(config: GatewayConfig, daemons: list[Daemon], tls_ca: trustme.CA) -> Daemon:
     config.relay_networks = [f"{ALLOWED}/32"]
     config.smtp_extra = f'proxy_protocol = true\ntrusted_proxies = ["{BALANCER}/32"]'
+    certificate = config.root / "smtp.pem"
+    tls_ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(certificate)
+    config.smtp_tls = f'cert = "{certificate}"\nkey = "{certificate}"'
     daemon = Daemon(config)
     daemons.append(daemon)
     return daemon.start()
@@ -48,10 +58,15 @@ def balancer(request, proxied: Daemon, tmp_path: Path) -> Iterator[HAProxy]:
     proxy.stop()
 
 
-def send_through(port: int, source: str) -> tuple[int, bytes]:
+def send_through(port: int, source: str, tls: trustme.CA | None = None) -> tuple[int, bytes]:
     """MAIL, RCPT and (if RCPT is accepted) DATA from `source`; RCPT's reply."""
     with smtplib.SMTP("127.0.0.1", port, timeout=20, source_address=(source, 0)) as client:
         client.ehlo("exchange.brondby.dk")
+        if tls is not None:
+            context = ssl.create_default_context()
+            tls.configure_trust(context)
+            client.starttls(context=context)
+            client.ehlo("exchange.brondby.dk")
         client.mail("a@brondby.dk")
         code, reply = client.rcpt("b@hotmail.dk")
         if code == OK:
@@ -68,6 +83,14 @@ def test_the_client_behind_the_balancer_decides_relaying(proxied: Daemon, balanc
     logs = proxied.logs()
     # The log names the real clients, never the balancer (nor its health checks).
     assert ALLOWED in logs and STRANGER in logs and BALANCER not in logs
+
+
+def test_the_client_stays_itself_through_starttls(proxied: Daemon, balancer: HAProxy,
+                                                  tls_ca: trustme.CA):
+    """TLS runs end to end through the balancer; the session after STARTTLS is a new one."""
+    assert send_through(balancer.port, ALLOWED, tls=tls_ca)[0] == OK
+    assert send_through(balancer.port, STRANGER, tls=tls_ca)[0] == RELAY_DENIED
+    proxied.wait_outbox(1)
 
 
 def test_a_trusted_proxy_without_a_header_is_closed(proxied: Daemon):
