@@ -4,29 +4,27 @@ The content header fields and the body become the inner entity (RFC 8551 3.1); i
 the department's stamp, is signed by the department (RFC 1847 multipart/signed) and
 encrypted to the recipients and the department (RFC 5652 EnvelopedData). The outer
 header fields stay readable: From names the person "via" the department's mailbox and
-Reply-To takes the person's own address (RFC 5322 3.6.2). The display name is written
-anew by `rawmail`, RFC 2047-encoded: decoded text is never pasted into a header.
+Reply-To takes the person's own address (RFC 5322 3.6.2), or the department mailbox with
+`replies = "department"` (the one address the partner can encrypt a reply to). The
+display name is written anew by `rawmail`, RFC 2047-encoded: decoded text is never pasted
+into a header.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import email.errors
 import email.policy
 import re
 from collections.abc import Sequence
 
-from asn1crypto import cms
 from cryptography import x509
 
 from gateway import rawmail
 from gateway.policy.departments import Department
 from gateway.transform import smime
-from gateway.transform.mime import CRLF, canonical, header_fields, parse_headers, split_entity
+from gateway.transform.mime import CRLF, canonical, header_fields, split_entity
 from gateway.transform.stamp import add_stamp
 
-_PKCS7_MIME = {"application/pkcs7-mime", "application/x-pkcs7-mime"}
 _ENVELOPED_TYPES = {"1.2.840.113549.1.7.3", "1.2.840.113549.1.9.16.1.23"}  # (auth)EnvelopedData
 # Bcc would reveal hidden recipients; Return-Path is the final MTA's; the person's
 # Reply-To and Sender give way to the Reply-To this gateway writes.
@@ -52,11 +50,15 @@ def protect(message: bytes, department: Department,
             if original_from is None:
                 original_from = raw
                 outer.append(_from_field(raw, department))
-                outer.append(b"Reply-To:" + raw.split(b":", 1)[1])
+                if department.config.replies == "person":
+                    outer.append(b"Reply-To:" + raw.split(b":", 1)[1])
         elif lower not in _DROPPED:
             outer.append(raw)
     if original_from is None:
         outer.insert(0, _from_field(None, department))
+    if department.config.replies == "department":  # the address the partner can encrypt to
+        outer.append(rawmail.make_address_field("Reply-To", department.name,
+                                                department.mailbox).raw)
 
     inner = add_stamp(b"".join(content) + CRLF + body, department.stamp)
     signed = smime.sign(inner, department.certificate, department.key, department.chain)
@@ -66,21 +68,10 @@ def protect(message: bytes, department: Department,
 
 def is_encrypted(message: bytes) -> bool:
     """Whether the message is already S/MIME-encrypted (EnvelopedData or AuthEnvelopedData)."""
-    head, body = split_entity(message)
-    headers = parse_headers(head)
-    ctype = headers.get_content_type()
-    filename = (headers.get_filename() or "").lower()
-    if ctype not in _PKCS7_MIME and not (ctype == "application/octet-stream"
-                                         and filename.endswith(".p7m")):
-        return False
     # Labels can lie: only a body that really is EnvelopedData is let through as it is,
     # never a plain message that merely claims to be encrypted.
-    encoding = str(headers.get("content-transfer-encoding", "")).strip().lower()
-    try:
-        der = base64.b64decode(body) if encoding == "base64" else body
-        return cms.ContentInfo.load(der)["content_type"].dotted in _ENVELOPED_TYPES
-    except (ValueError, TypeError, binascii.Error):
-        return False
+    info = smime.read_cms(message)
+    return info is not None and info["content_type"].dotted in _ENVELOPED_TYPES
 
 
 def _from_field(original: bytes | None, department: Department) -> bytes:

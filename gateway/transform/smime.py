@@ -1,22 +1,45 @@
 """S/MIME signing and encryption of a MIME entity: bytes in, bytes out.
 
 `sign` makes a detached multipart/signed entity (RFC 1847, RFC 8551 3.5) whose SignedData
-(RFC 5652 5) uses SHA-256 and carries the signer's certificate and chain. `encrypt` makes
+(RFC 5652 5) uses SHA-256 and carries the signer's certificate and chain. Its signed
+attributes tell the partner's client how to answer encrypted (RFC 8551 2.5):
+SMIMECapabilities with AES-256-CBC first, and SMIMEEncryptionKeyPreference naming the
+signer's certificate as the one to encrypt to. cryptography's PKCS7SignatureBuilder
+cannot add the latter, so SignedData is built here with asn1crypto and signed with
+cryptography's RSA. `encrypt` makes
 an application/pkcs7-mime enveloped-data entity (RFC 8551 3.3): EnvelopedData (RFC 5652 6)
 with AES-256-CBC and RSA PKCS#1 v1.5 key transport, the combination Outlook can open.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
+from asn1crypto import cms
+from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.serialization import pkcs7
 
-from gateway.transform.mime import CRLF, base64_body, canonical, join_entity, new_boundary
+from gateway.transform.mime import (
+    CRLF,
+    base64_body,
+    canonical,
+    join_entity,
+    new_boundary,
+    parse_headers,
+    split_entity,
+)
 
+# In order of preference: what a partner should encrypt its replies with (RFC 8551 2.7.1).
+SMIME_CAPABILITIES = ("aes256_cbc", "aes192_cbc", "aes128_cbc")
+_PKCS7_MIME = {"application/pkcs7-mime", "application/x-pkcs7-mime"}
 _SIGNED_PREAMBLE = b"This is an S/MIME signed message" + CRLF
 _SIGNATURE_HEAD = (b"Content-Type: application/pkcs7-signature; name=smime.p7s" + CRLF
                    + b"Content-Transfer-Encoding: base64" + CRLF
@@ -29,20 +52,11 @@ _ENVELOPED_HEAD = (b"Content-Type: application/pkcs7-mime; smime-type=enveloped-
                    + b"Content-Description: S/MIME Encrypted Message" + CRLF)
 
 
-def sign(entity: bytes, cert: x509.Certificate, key: pkcs7.PKCS7PrivateKeyTypes,
+def sign(entity: bytes, cert: x509.Certificate, key: rsa.RSAPrivateKey,
          chain: Sequence[x509.Certificate]) -> bytes:
     """A multipart/signed entity: `entity` and a detached SHA-256 signature by `key`."""
     content = canonical(entity)
-    builder = (pkcs7.PKCS7SignatureBuilder()
-               .set_data(content)
-               .add_signer(cert, key, hashes.SHA256()))
-    # Certificates must be added last: set_data and add_signer return builders that
-    # silently drop certificates added before them.
-    for extra in _unique([c for c in chain if c != cert]):
-        builder = builder.add_certificate(extra)
-    # Binary: we sign `content` exactly as it sits in the multipart, no conversion.
-    signature = builder.sign(serialization.Encoding.DER,
-                             [pkcs7.PKCS7Options.DetachedSignature, pkcs7.PKCS7Options.Binary])
+    signature = signed_data(content, cert, key, chain)
     boundary = new_boundary(content)
     delimiter = b"--" + boundary.encode("ascii")
     head = ('Content-Type: multipart/signed; protocol="application/pkcs7-signature";'
@@ -51,6 +65,57 @@ def sign(entity: bytes, cert: x509.Certificate, key: pkcs7.PKCS7PrivateKeyTypes,
             + join_entity(_SIGNATURE_HEAD, base64_body(signature))
             + CRLF + delimiter + b"--" + CRLF)
     return join_entity(head, body)
+
+
+def signed_data(content: bytes, cert: x509.Certificate, key: rsa.RSAPrivateKey,
+                chain: Sequence[x509.Certificate], now: datetime | None = None) -> bytes:
+    """A detached SignedData ContentInfo (DER) over exactly `content` (RFC 5652 5)."""
+    signer = _asn1_cert(cert)
+    signer_id = cms.IssuerAndSerialNumber({"issuer": signer.issuer,
+                                           "serial_number": signer.serial_number})
+    attributes = _signed_attributes(hashlib.sha256(content).digest(), signer_id,
+                                    now or datetime.now(UTC))
+    # The signature covers the attributes' DER as a SET OF (5.4).
+    signature = key.sign(attributes.dump(), padding.PKCS1v15(), hashes.SHA256())
+    signer_info = cms.SignerInfo({
+        "version": "v1",
+        "sid": cms.SignerIdentifier({"issuer_and_serial_number": signer_id}),
+        "digest_algorithm": {"algorithm": "sha256"},
+        "signed_attrs": attributes,
+        "signature_algorithm": {"algorithm": "rsassa_pkcs1v15"},
+        "signature": signature,
+    })
+    certificates = [signer] + [_asn1_cert(c) for c in _unique([c for c in chain if c != cert])]
+    data = cms.SignedData({
+        "version": "v1",
+        "digest_algorithms": [{"algorithm": "sha256"}],
+        "encap_content_info": {"content_type": "data"},  # detached: no content here
+        "certificates": [cms.CertificateChoices({"certificate": c}) for c in certificates],
+        "signer_infos": [signer_info],
+    })
+    return cms.ContentInfo({"content_type": "signed_data", "content": data}).dump()
+
+
+def _signed_attributes(digest: bytes, signer_id: cms.IssuerAndSerialNumber,
+                       now: datetime) -> cms.CMSAttributes:
+    """contentType, signingTime, messageDigest (RFC 5652 11) and RFC 8551 2.5's two."""
+    attributes = [
+        cms.CMSAttribute({"type": "content_type", "values": ["data"]}),
+        cms.CMSAttribute({"type": "signing_time",
+                          "values": [cms.Time({"utc_time": now.replace(microsecond=0)})]}),
+        cms.CMSAttribute({"type": "message_digest", "values": [digest]}),
+        cms.CMSAttribute({"type": "smime_capabilities", "values": [
+            [{"capability_id": name} for name in SMIME_CAPABILITIES]]}),
+        cms.CMSAttribute({"type": "encrypt_key_pref", "values": [
+            cms.SMIMEEncryptionKeyPreference({"issuer_and_serial_number": signer_id})]}),
+    ]
+    # DER sorts the members of a SET OF by their encoding (X.690 11.6); verifiers that
+    # re-encode the attributes would otherwise hash other bytes than were signed.
+    return cms.CMSAttributes(sorted(attributes, key=lambda a: a.dump()))
+
+
+def _asn1_cert(cert: x509.Certificate) -> asn1_x509.Certificate:
+    return asn1_x509.Certificate.load(cert.public_bytes(serialization.Encoding.DER))
 
 
 def encrypt(entity: bytes, recipients: Sequence[x509.Certificate]) -> bytes:
@@ -67,6 +132,29 @@ def encrypt(entity: bytes, recipients: Sequence[x509.Certificate]) -> bytes:
     # RSA key transport.
     enveloped = builder.encrypt(serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary])
     return join_entity(_ENVELOPED_HEAD, base64_body(enveloped))
+
+
+def read_cms(entity: bytes) -> cms.ContentInfo | None:
+    """The CMS object an application/pkcs7-mime entity (or a *.p7m file part) carries."""
+    head, body = split_entity(entity)
+    headers = parse_headers(head)
+    ctype = headers.get_content_type()
+    filename = (headers.get_filename() or "").lower()
+    if ctype not in _PKCS7_MIME and not (ctype == "application/octet-stream"
+                                         and filename.endswith(".p7m")):
+        return None
+    return load_cms(body, str(headers.get("content-transfer-encoding", "")))
+
+
+def load_cms(body: bytes, encoding: str) -> cms.ContentInfo | None:
+    """The CMS object in a body of that Content-Transfer-Encoding; None when it is none."""
+    try:
+        der = base64.b64decode(body) if encoding.strip().lower() == "base64" else body
+        info = cms.ContentInfo.load(der)
+        _ = info["content_type"].native  # asn1crypto parses lazily: fail here, not later
+    except (ValueError, TypeError, KeyError, binascii.Error):
+        return None
+    return info
 
 
 def _unique(certs: Sequence[x509.Certificate]) -> list[x509.Certificate]:

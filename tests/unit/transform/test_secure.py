@@ -251,6 +251,21 @@ def test_ascii_names_are_a_quoted_string(department: Department, pki: Pki) -> No
                               b"Reply-To: Lene Larsen <lela@brondby.dk>\r\n")
 
 
+def test_replies_to_the_department_mailbox(department: Department, pki: Pki) -> None:
+    """With replies = "department" the partner answers the address it can encrypt to."""
+    config = department.config.model_copy(update={"replies": "department"})
+    routed = dataclasses.replace(department, config=config)
+    for name in ("03-cpr-and-health-tagged.eml", "01-plain-no-personal-data.eml"):
+        message = protect(sample(name), routed, [pki.recipient.cert])
+        [reply_to] = parse(message).get_all("Reply-To")
+        assert reply_to.addresses[0].addr_spec == "aeldreomsorg@brondby.dk"
+        assert reply_to.addresses[0].display_name == "Ældre og Omsorg"
+    no_from = sample("01-plain-no-personal-data.eml").replace(
+        b"From: Signe Northeved <signo@brondby.dk>\r\n", b"")
+    assert parse(protect(no_from, routed, [pki.recipient.cert]))["Reply-To"].addresses[0] \
+        .addr_spec == "aeldreomsorg@brondby.dk"
+
+
 def test_message_without_from_is_from_the_department(department: Department,
                                                      pki: Pki) -> None:
     original = sample("01-plain-no-personal-data.eml").replace(

@@ -121,3 +121,20 @@ def test_gpgsm_decrypts(encrypted: bytes, gpgsm: Gpgsm) -> None:
 def test_encrypt_refuses_no_recipients() -> None:
     with pytest.raises(ValueError):
         encrypt(ENTITY, [])
+
+
+def test_signature_tells_partners_how_to_answer_encrypted(signed: bytes, pki: Pki) -> None:
+    """RFC 8551 2.5: the capabilities, AES-256-CBC first, and the certificate to encrypt to."""
+    info = signed_data(signed_parts(signed)[1])["signer_infos"][0]
+    attributes = {a["type"].native: a["values"] for a in info["signed_attrs"]}
+    assert [c["capability_id"].dotted for c in attributes["smime_capabilities"][0]] == [
+        AES_256_CBC, "2.16.840.1.101.3.4.1.22", "2.16.840.1.101.3.4.1.2"]
+    preference = attributes["encrypt_key_pref"][0]
+    assert preference.name == "issuer_and_serial_number"
+    assert cert_id(pki.department) == (preference.chosen["issuer"].dump(),
+                                       preference.chosen["serial_number"].native)
+    assert attributes["content_type"][0].native == "data"
+    assert attributes["signing_time"][0].native is not None
+    # DER: a SET OF is sorted by encoding, so verifiers that re-encode hash the same bytes.
+    encoded = [a.dump() for a in info["signed_attrs"]]
+    assert encoded == sorted(encoded)
