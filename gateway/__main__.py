@@ -1,4 +1,5 @@
-"""Command line: `send-sikkert serve | check | config check | queue ... | scan | certs dev-init`.
+"""Command line: `send-sikkert serve | check | config check | queue ... | scan |
+certs dev-init | certs import`.
 
 Parses arguments and calls into the app or the commands; exit codes as CONTRACT says.
 """
@@ -56,6 +57,9 @@ def parser() -> argparse.ArgumentParser:
     dev = certs_sub.add_parser("dev-init", parents=[common], help="write a development PKI")
     dev.add_argument("--dir", metavar="DIR", help="output folder (default: certs/ beside "
                                                    "the configuration's folder)")
+    imp = certs_sub.add_parser("import", parents=[common],
+                               help="add recipient certificates to the learnt store")
+    imp.add_argument("files", nargs="+", metavar="FILE", help="PEM, DER or PKCS#7 bundle")
     return top
 
 

@@ -1,4 +1,5 @@
-"""The non-daemon commands: check, config check, queue, scan and certs dev-init.
+"""The non-daemon commands: check, config check, queue, scan, certs dev-init and certs
+import.
 
 Each returns its exit status (CONTRACT "Command line"). Queue changes go through the
 running daemon's loopback API when it answers, else straight to the spool.
@@ -16,12 +17,18 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.serialization import Encoding
 from pydantic import BaseModel
 
 from gateway import app
 from gateway.cluster import connected, database_password
 from gateway.config import Config
 from gateway.devpki import dev_init
+from gateway.directory import DirectoryUnavailable
+from gateway.directory.files import read_certificates
+from gateway.directory.learnt import IMPORT, Learner, open_store
+from gateway.directory.service import open_validator
+from gateway.directory.validate import is_ca
 from gateway.model import RecipientClass
 from gateway.policy.address import InvalidAddress, normalise
 from gateway.policy.dlp.scan import ScanResult, limits_from, scan_message
@@ -41,6 +48,8 @@ async def run(args: argparse.Namespace, config: Config) -> int:
         return await config_check(config)
     if args.command == "scan":
         return await asyncio.to_thread(scan, config, args.files, args.json)
+    if args.command == "certs" and args.action == "import":
+        return await certs_import(config, [Path(f) for f in args.files])
     if args.command == "certs":
         out = Path(args.dir) if args.dir else config.path.parent.parent / "certs"
         for path in await asyncio.to_thread(dev_init, config, out):
@@ -76,6 +85,58 @@ async def check(config: Config, addresses: list[str], as_json: bool) -> int:
     if RecipientClass.UNKNOWN in classes:
         return EXIT_TEMPFAIL
     return EXIT_OK
+
+
+async def certs_import(config: Config, files: list[Path]) -> int:
+    """Validate each certificate as a directory certificate and add it to the learnt store."""
+    store = open_store(config)
+    if store is None or config.directory.backend is None:
+        print("send-sikkert: certs import needs inbound.harvest (the store of learnt "
+              "certificates) and a [directory] with trust_anchors", file=sys.stderr)
+        return EXIT_USAGE
+    validator = open_validator(config.directory, config.path)
+    learner = Learner(store, validator)
+    refused = 0
+    try:
+        for path in files:
+            try:
+                certs = await asyncio.to_thread(read_certificates, path)
+            except OSError as e:
+                print(f"send-sikkert: {path}: refused: cannot read it: {e.strerror}",
+                      file=sys.stderr)
+                refused += 1
+                continue
+            except ValueError:
+                print(f"send-sikkert: {path}: refused: not a certificate (PEM, DER or PKCS#7)",
+                      file=sys.stderr)
+                refused += 1
+                continue
+            chain = [c.public_bytes(Encoding.DER) for c in certs if is_ca(c)]
+            leaves = [c for c in certs if not is_ca(c)]
+            if not leaves:
+                print(f"send-sikkert: {path}: refused: only CA certificates, no recipient's",
+                      file=sys.stderr)
+                refused += 1
+            for cert in leaves:
+                learnt = await learner.learn(cert.public_bytes(Encoding.DER), chain, IMPORT,
+                                             f"certs import {path.name}")
+                if not learnt.ok:
+                    print(f"send-sikkert: {path}: refused {learnt.subject}: {learnt.refused}",
+                          file=sys.stderr)
+                    refused += 1
+                    continue
+                for address in learnt.added:
+                    print(f"{path}: added {learnt.subject} for {address}")
+                for address in learnt.known:
+                    print(f"{path}: already known: {learnt.subject} for {address}")
+    except DirectoryUnavailable as e:
+        print(f"send-sikkert: {e}", file=sys.stderr)
+        return EXIT_UNSAFE
+    finally:
+        if validator.crls is not None:
+            await validator.crls.close()
+        validator.close()
+    return EXIT_UNSAFE if refused else EXIT_OK
 
 
 async def config_check(config: Config) -> int:

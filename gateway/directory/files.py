@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 
 from gateway.directory import DirectoryUnavailable
 from gateway.directory.validate import address_key, is_ca, named_addresses
@@ -26,11 +26,17 @@ SUFFIXES = (".pem", ".crt", ".cer")
 
 
 def read_certificates(path: Path) -> list[x509.Certificate]:
-    """Every certificate in a PEM file, or the one in a DER file; ValueError when none."""
+    """Every certificate in a PEM file, a DER file or a PKCS#7 bundle (RFC 2315 "certs-only",
+    PEM or DER, as a MitID Erhverv export or a .p7b/.p7c holds them); ValueError when none."""
     data = path.read_bytes()
+    if b"-----BEGIN PKCS7-----" in data:
+        return pkcs7.load_pem_pkcs7_certificates(data)
     if b"-----BEGIN" in data:
         return x509.load_pem_x509_certificates(data)
-    return [x509.load_der_x509_certificate(data)]
+    try:
+        return [x509.load_der_x509_certificate(data)]
+    except ValueError:
+        return pkcs7.load_der_pkcs7_certificates(data)
 
 
 def build_index(root: Path) -> dict[str, tuple[bytes, ...]]:

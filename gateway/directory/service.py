@@ -1,7 +1,8 @@
 """The certificate directory as the classifier sees it: address in, Decision out.
 
-Looks the address up in the configured source (files or LDAP), lets RecipientValidator
-choose the certificate (RFC 5280, RFC 8550) and keeps the CRLs current in the background.
+Looks the address up in the configured source (files or LDAP) and in the store of learnt
+certificates beside it (gateway.directory.learnt), lets RecipientValidator choose among
+them all (RFC 5280, RFC 8550) and keeps the CRLs current in the background.
 A source that cannot answer makes the recipient `unknown`, never `unsafe` (fail closed:
 the message waits and is retried). open_directory() builds it all from `[directory]`.
 """
@@ -32,8 +33,10 @@ class CertificateDirectory:
     """Classifies addresses by the certificates their directory entry holds."""
 
     def __init__(self, source: CertificateSource, validator: RecipientValidator, backend: str,
-                 *, timeout: float | None = None) -> None:
+                 *, timeout: float | None = None,
+                 learnt: CertificateSource | None = None) -> None:
         self.source = source
+        self.learnt = learnt
         self.validator = validator
         self.backend = backend
         self._timeout = timeout
@@ -51,7 +54,8 @@ class CertificateDirectory:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout):
-                ders = await self.source.lookup(address)
+                published, learnt = await asyncio.gather(self.source.lookup(address),
+                                                         self._learnt(address))
         except TimeoutError:
             return self._unavailable(address, f"no answer within {self._timeout:g} s")
         except DirectoryUnavailable as e:
@@ -59,10 +63,14 @@ class CertificateDirectory:
         finally:
             metrics.directory_lookup_seconds.labels(backend=self.backend).observe(
                 time.perf_counter() - started)
-        if self.validator.crls is not None:
-            await self.validator.crls.ensure_loaded()  # for `check`, which never start()s
-        choice = await self.validator.choose(address, ders)
-        return Decision(address, choice.cls, choice.reason, choice.certificate, choice.der)
+        choice = await self.validator.choose(address, published + learnt)
+        reason = choice.reason
+        if choice.der is not None and choice.der in learnt and choice.der not in published:
+            reason += " (learnt)"
+        return Decision(address, choice.cls, reason, choice.certificate, choice.der)
+
+    async def _learnt(self, address: str) -> list[bytes]:
+        return await self.learnt.lookup(address) if self.learnt is not None else []
 
     def _unavailable(self, address: str, why: str) -> Decision:
         metrics.directory_errors.labels(backend=self.backend).inc()
@@ -71,8 +79,10 @@ class CertificateDirectory:
                         f"certificate directory unavailable: {why}")
 
     async def ping(self) -> None:
-        """Raise DirectoryUnavailable when the source cannot be reached (for /readyz)."""
+        """Raise DirectoryUnavailable when a source cannot be reached (for /readyz)."""
         await self.source.ping()
+        if self.learnt is not None:
+            await self.learnt.ping()
 
     async def close(self) -> None:
         """Stop the CRL task, close the source and the validator's worker thread."""
@@ -84,17 +94,20 @@ class CertificateDirectory:
         if self.validator.crls is not None:
             await self.validator.crls.close()
         await self.source.close()
+        if self.learnt is not None:
+            await self.learnt.close()
         self.validator.close()
 
 
-def open_directory(config: DirectoryConfig,
-                   config_file: Path | str = "configuration") -> CertificateDirectory | None:
-    """The directory `[directory]` describes, None without a backend; ConfigError if wrong."""
+def open_directory(config: DirectoryConfig, config_file: Path | str = "configuration",
+                   learnt: CertificateSource | None = None) -> CertificateDirectory | None:
+    """The directory `[directory]` describes, None without a backend; ConfigError if wrong.
+
+    `learnt` is the store of learnt certificates, consulted beside the backend.
+    """
     if config.backend is None:
         return None
-    anchors = _load(config.trust_anchors, config_file, "directory.trust_anchors", required=True)
-    intermediates = _load(config.intermediates, config_file, "directory.intermediates",
-                          required=False)
+    validator = open_validator(config, config_file)
     source: CertificateSource
     if config.backend == "ldap":
         from gateway.directory.ldap import LdapSource  # bonsai only where LDAP is used
@@ -104,11 +117,20 @@ def open_directory(config: DirectoryConfig,
         if config.path is None or not config.path.is_dir():
             raise ConfigError(config_file, "directory.path", f"{config.path} is not a folder")
         source = FilesSource(config.path)
+    return CertificateDirectory(source, validator, config.backend, timeout=config.timeout,
+                                learnt=learnt)
+
+
+def open_validator(config: DirectoryConfig,
+                   config_file: Path | str = "configuration") -> RecipientValidator:
+    """The validator for `[directory]`'s trust anchors, intermediates and CRLs."""
+    anchors = _load(config.trust_anchors, config_file, "directory.trust_anchors", required=True)
+    intermediates = _load(config.intermediates, config_file, "directory.intermediates",
+                          required=False)
     crls = None
     if config.crls:
         crls = CrlStore(config.crls, anchors + intermediates)
-    validator = RecipientValidator(anchors, intermediates, crls, config.revocation)
-    return CertificateDirectory(source, validator, config.backend, timeout=config.timeout)
+    return RecipientValidator(anchors, intermediates, crls, config.revocation)
 
 
 def _load(patterns: tuple[str, ...], config_file: Path | str, key: str,

@@ -13,7 +13,7 @@ and turns the outcome into a short reason for people.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -51,6 +51,7 @@ NOT_FOR_ADDRESS = "does not name this address"
 NOT_RSA = "not an RSA key"
 NOT_KEY_ENCIPHERMENT = "not for key encipherment"
 NOT_EMAIL_PROTECTION = "not for e-mail protection"
+NOT_DIGITAL_SIGNATURE = "not for digital signatures"
 REVOCATION_UNAVAILABLE = "revocation status unavailable"
 
 # Revocation is checked after path validation, certificate by certificate, so that a
@@ -131,13 +132,35 @@ class RecipientValidator:
         CA certificates among `ders` serve as intermediates, never as candidates. The
         work is CPU-bound, so it runs in the validator's worker thread.
         """
-        moment = now or datetime.now(UTC)
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        crls = self.crls.current() if self.crls else []
+        moment = _moment(now)
+        crls = await self._crls()
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
             self._worker, self._choose_blocking, address, list(ders), moment, crls)
+
+    async def signer_problem(self, address: str, der: bytes, others: Sequence[bytes] = (),
+                             now: datetime | None = None) -> str | None:
+        """Why the certificate `der` cannot vouch for a signature by `address`; None if it can.
+
+        The same path validation as `choose` (chain to a trust anchor, dates, CRLs), with
+        the rules for signing instead of encrypting: the certificate names the address,
+        allows digitalSignature or nonRepudiation (RFC 8550 4.4.2) and, with an
+        ExtendedKeyUsage, emailProtection (4.4.4). CA certificates among `others` serve
+        as intermediates.
+        """
+        moment = _moment(now)
+        crls = await self._crls()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._worker, self._signer_blocking, address, der, list(others), moment, crls)
+
+    async def _crls(self) -> list[asn1_crl.CertificateList]:
+        """The CRLs at hand, loaded first: no certificate is judged before its CRL is known
+        (a `check` or `certs import` process never starts the refresh task)."""
+        if self.crls is None:
+            return []
+        await self.crls.ensure_loaded()
+        return self.crls.current()
 
     def close(self) -> None:
         """Stop the worker thread once the validations already asked for are done."""
@@ -149,6 +172,26 @@ class RecipientValidator:
         # loop in this thread runs it without touching the caller's loop.
         return asyncio.run(self._choose(address_key(address), ders, moment, crls))
 
+    def _signer_blocking(self, address: str, der: bytes, others: list[bytes],
+                         moment: datetime, crls: list[asn1_crl.CertificateList]) -> str | None:
+        cert = _parse(der)
+        if cert is None:
+            return "the signer's certificate cannot be read"
+        cas = [other for other in others if (c := _parse(other)) and is_ca(c)]
+        context = self._context(cas, moment, crls)
+        return asyncio.run(self._problem(address_key(address), der, cert, context,
+                                         _signing_problem))
+
+    def _context(self, cas: list[bytes], moment: datetime,
+                 crls: list[asn1_crl.CertificateList]) -> ValidationContext:
+        return ValidationContext(
+            trust_roots=self._anchors,
+            other_certs=self._intermediates + [_asn1(der) for der in cas],
+            crls=crls,
+            revinfo_policy=_PATH_ONLY,
+            moment=moment,
+        )
+
     async def _choose(self, address: str, ders: list[bytes], moment: datetime,
                       crls: list[asn1_crl.CertificateList]) -> Choice:
         parsed = [(der, cert) for der in dict.fromkeys(ders) if (cert := _parse(der))]
@@ -157,13 +200,7 @@ class RecipientValidator:
                             key=lambda pair: pair[1].not_valid_before_utc, reverse=True)
         if not candidates:
             return Choice(RecipientClass.UNSAFE, NO_CERTIFICATE)
-        context = ValidationContext(
-            trust_roots=self._anchors,
-            other_certs=self._intermediates + [_asn1(der) for der in cas],
-            crls=crls,
-            revinfo_policy=_PATH_ONLY,
-            moment=moment,
-        )
+        context = self._context(cas, moment, crls)
         problems: list[tuple[x509.Certificate, str]] = []
         for der, cert in candidates:  # newest first: the first good one wins
             problem = await self._problem(address, der, cert, context)
@@ -180,9 +217,11 @@ class RecipientValidator:
         return Choice(RecipientClass.UNSAFE, problem, certificate_info(cert))
 
     async def _problem(self, address: str, der: bytes, cert: x509.Certificate,
-                       context: ValidationContext) -> str | None:
+                       context: ValidationContext,
+                       rule: Callable[[str, x509.Certificate], str | None] | None = None,
+                       ) -> str | None:
         """Why this certificate cannot be used for the address; None when it can."""
-        problem = _smime_problem(address, cert)
+        problem = (rule or _smime_problem)(address, cert)
         if problem:
             return problem
         validator = CertificateValidator(_asn1(der), validation_context=context)
@@ -218,18 +257,41 @@ class RecipientValidator:
         return REVOCATION_UNAVAILABLE if unavailable and self._hard_fail else None
 
 
+def _moment(now: datetime | None) -> datetime:
+    moment = now or datetime.now(UTC)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def _smime_problem(address: str, cert: x509.Certificate) -> str | None:
     """What makes the certificate unusable for encrypting mail to the address, if anything."""
     if address not in named_addresses(cert):
         return NOT_FOR_ADDRESS
     if cert.public_key_algorithm_oid != PublicKeyAlgorithmOID.RSAES_PKCS1_v1_5:
         return NOT_RSA
-    extensions = cert.extensions
     try:
-        if not extensions.get_extension_for_class(x509.KeyUsage).value.key_encipherment:
+        if not cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_encipherment:
             return NOT_KEY_ENCIPHERMENT
     except x509.ExtensionNotFound:
         pass  # no KeyUsage: every use is allowed (RFC 5280 §4.2.1.3)
+    return _email_usage_problem(cert)
+
+
+def _signing_problem(address: str, cert: x509.Certificate) -> str | None:
+    """What makes the certificate unusable for vouching for mail signed by the address."""
+    if address not in named_addresses(cert):
+        return NOT_FOR_ADDRESS
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        if not (usage.digital_signature or usage.content_commitment):
+            return NOT_DIGITAL_SIGNATURE
+    except x509.ExtensionNotFound:
+        pass
+    return _email_usage_problem(cert)
+
+
+def _email_usage_problem(cert: x509.Certificate) -> str | None:
+    """RFC 8550 4.4.4: an ExtendedKeyUsage must allow emailProtection."""
+    extensions = cert.extensions
     try:
         usages = extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
         if not {ExtendedKeyUsageOID.EMAIL_PROTECTION,

@@ -160,6 +160,8 @@ class CA:
                 else [ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
                 self.key.public_key()), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                           critical=False)
         )
         if alt:
             builder = builder.add_extension(x509.SubjectAlternativeName(alt), critical=False)
