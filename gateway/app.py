@@ -9,6 +9,7 @@ SIGTERM/SIGINT stop gracefully.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import ssl
@@ -22,11 +23,15 @@ from gateway.cluster import mta_sts_store, open_database
 from gateway.config import Config, ConfigError, load
 from gateway.delivery import Router
 from gateway.delivery.security import TransportParts, open_transport_security
+from gateway.directory.learnt import Learner, open_store
 from gateway.directory.service import CertificateDirectory, open_directory
 from gateway.edge.handler import Handler
 from gateway.edge.limits import ConnectionLimits
 from gateway.edge.protocol import GatewaySMTP
 from gateway.edge.proxy import ProxyPolicy
+from gateway.inbound.cms import KeyHolder
+from gateway.inbound.receive import Receiver
+from gateway.inbound.replies import open_reply_map
 from gateway.model import Envelope
 from gateway.observe import metrics
 from gateway.pipeline import Pipeline, Policy
@@ -43,6 +48,8 @@ if TYPE_CHECKING:
     from gateway.cluster.database import Database
 
 log = logging.getLogger(__name__)
+
+PRUNE_INTERVAL = 3600.0  # seconds between prunings of the reply map
 
 
 @dataclass
@@ -67,12 +74,19 @@ async def load_policy(config: Config, with_departments: bool = True,
     if with_departments:
         departments = await asyncio.to_thread(load_departments, config.departments,
                                               str(config.path))
-    directory = open_directory(config.directory, config_file=config.path)
+    learnt = open_store(config)
+    directory = open_directory(config.directory, config_file=config.path, learnt=learnt)
     transport = open_transport_security(config, mta_sts_store(database))
     classifier = Classifier(config.organisation.internal_domains, sepo, directory,
                             transport.lookup,
                             Routing(config.routes, config.organisation.internal_domains))
-    return LoadedPolicy(Policy(classifier, departments), sepo, directory, transport)
+    validator = directory.validator if directory is not None else None
+    receiver = Receiver(
+        [KeyHolder(d.id, d.certificate, d.key) for d in departments], validator,
+        Learner(learnt, validator) if learnt is not None and validator is not None else None,
+        decrypt=config.inbound.decrypt, tag_header=config.tags.header)
+    policy = Policy(classifier, departments, receiver, open_reply_map(config))
+    return LoadedPolicy(policy, sepo, directory, transport)
 
 
 def inbound_tls(config: Config) -> ssl.SSLContext | None:
@@ -112,7 +126,9 @@ class Gateway:
         self.transport = _router(config, loaded)
         self.scanner = Scanner(limits_from(config.dlp), workers=config.dlp.workers)
         self.handler = Handler(self.spool, config.smtp.relay_networks, config.tags,
-                               self.enqueue, loaded.policy.departments)
+                               self.enqueue, loaded.policy.departments,
+                               inbound=config.inbound.enabled,
+                               internal_domains=config.organisation.internal_domains)
         self.proxy = proxy_policy(config)
         self.scheduler: Scheduler | None = None
         self.pipeline: Pipeline | None = None
@@ -121,6 +137,7 @@ class Gateway:
         self._scheduler_task: asyncio.Task[None] | None = None
         self._sepo_watch = SepoWatch(config.path)
         self._sepo_task: asyncio.Task[None] | None = None
+        self._prune_task: asyncio.Task[None] | None = None
         metrics.sepo_domains.set(len(loaded.sepo))
         for source in ("configuration", "sepo"):
             metrics.last_reload_successful.labels(source=source).set(1)
@@ -189,6 +206,7 @@ class Gateway:
             await self.loaded.directory.start()
         self._scheduler_task = loop.create_task(self.scheduler.run())
         self._sepo_task = loop.create_task(self._watch_sepo())
+        self._prune_task = loop.create_task(self._prune_replies())
 
     async def _watch_sepo(self) -> None:
         """Re-read the SEPO list when its file changes: operators replace it from cron."""
@@ -202,6 +220,17 @@ class Gateway:
                 self.loaded.sepo = new
                 self.classifier.sepo = new
                 metrics.sepo_domains.set(len(new))
+
+    async def _prune_replies(self) -> None:
+        """Forget the reply map's entries past `inbound.reply_retention`, hourly."""
+        while True:
+            replies = self.loaded.policy.replies
+            if replies is not None:
+                try:
+                    await replies.prune()
+                except Exception:  # the task must outlive any one bad round
+                    log.exception("pruning the reply map failed")
+            await asyncio.sleep(PRUNE_INTERVAL)
 
     async def delete(self, queue_id: str) -> bool:
         """`queue delete`: drop a message and tell its sender; False for an unknown id."""
@@ -243,6 +272,8 @@ class Gateway:
         self.proxy = proxy_policy(config)
         self.handler.tags = config.tags
         self.handler.departments = loaded.policy.departments
+        self.handler.inbound = config.inbound.enabled
+        self.handler.internal_domains = config.organisation.internal_domains
         if self.pipeline is not None:
             self.pipeline.reconfigure(config, loaded.policy, self.transport)
         if self.scheduler is not None:
@@ -251,6 +282,8 @@ class Gateway:
             await loaded.directory.start()
         if old.directory is not None:
             await old.directory.close()
+        if old.policy.replies is not None:
+            await old.policy.replies.close()
         metrics.sepo_domains.set(len(loaded.sepo))
         for source in ("configuration", "sepo"):
             metrics.last_reload_successful.labels(source=source).set(1)
@@ -270,10 +303,16 @@ class Gateway:
         if self._scheduler_task is not None:
             await self._scheduler_task
         self.scanner.close()
+        if self._prune_task is not None:
+            self._prune_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._prune_task
         if self.http is not None:
             await self.http.cleanup()
         if self.loaded.directory is not None:
             await self.loaded.directory.close()
+        if self.loaded.policy.replies is not None:
+            await self.loaded.policy.replies.close()
         if self.database is not None:
             await self.database.close()
         log.info("stopped")

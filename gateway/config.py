@@ -415,6 +415,8 @@ class InboundConfig(Section):
     enabled: Bool = False  # clients outside relay_networks may send to internal recipients
     decrypt: Bool = True  # decrypt S/MIME mail encrypted to a department certificate
     harvest: OptionalPath = None  # store of learnt certificates; "" (the default) = off
+    reply_map: OptionalPath = None  # who sent each secure mail, for replies = "department"
+    reply_retention: Seconds = 7776000.0  # seconds a reply is still routed to the person (90 days)
 
 
 _GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -450,6 +452,7 @@ class DepartmentConfig(Section):
     default_for: tuple[LowerStr, ...] = ()
     key_passphrase_env: Str = ""
     replies: Literal["person", "department"] = "person"  # Reply-To of S/MIME mail
+    reply_copy: Bool = False  # replies = "department": a routed reply also reaches the mailbox
 
     @field_validator("id")
     @classmethod
@@ -485,6 +488,19 @@ class Config(Section):
     inbound: InboundConfig = Field(default_factory=InboundConfig)
     addin: AddinConfig = Field(default_factory=AddinConfig)
     departments: tuple[DepartmentConfig, ...] = ()
+
+    @model_validator(mode="after")
+    def _inbound_stores(self) -> Config:
+        if self.inbound.harvest is not None and self.directory.backend is None:
+            raise FieldProblem("inbound.harvest", "needs a [directory] with trust_anchors: "
+                               "learnt certificates are validated against them")
+        if self.inbound.reply_map is None and not self.cluster.database:
+            for i, dep in enumerate(self.departments):
+                if dep.replies == "department":
+                    raise FieldProblem(f"departments[{i}].replies", '"department" needs '
+                                       "inbound.reply_map, the folder that remembers who sent "
+                                       "each secure mail")
+        return self
 
 
 def load(path: Path) -> Config:

@@ -6,6 +6,8 @@ retries by itself and never sends a tagged mail where the class is not safe: an 
 class or an unexpected error defers (fail closed). Untagged mail passes the DLP scan
 first (policy/dlp, once per message, its outcome kept in the spool record); one holding
 a CPR number is handled by `dlp.cpr` (CONTRACT "Data-loss prevention").
+Mail from outside takes the inbound road instead (gateway.inbound): decrypted,
+verified and only ever to `routes.internal`, never tagged, never scanned.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from gateway.bounce.report import spool_dsn
 from gateway.config import Config
 from gateway.delivery import Rcpt, Result, Route, TlsPolicy, Transport, parse_route
 from gateway.errors import Reply
+from gateway.inbound.receive import Receiver
+from gateway.inbound.replies import ReplyMap, ReplyMapUnavailable, Sent, reply_targets
 from gateway.model import Decision, DlpOutcome, Envelope, RecipientClass, RecipientState, State
 from gateway.observe import maillog, metrics
 from gateway.policy.address import InvalidAddress, domain_matches, domain_of
@@ -45,10 +49,13 @@ OPPORTUNISTIC = TlsPolicy(level="may", ca_file=None, min_version="1.2")
 
 @dataclass
 class Policy:
-    """What SIGHUP reloads: the classifier (SEPO list, directory) and the departments."""
+    """What SIGHUP reloads: the classifier (SEPO list, directory), the departments, and
+    for inbound mail the receiver (their keys, the validator) and the reply map."""
 
     classifier: Classifier
     departments: tuple[Department, ...]
+    receiver: Receiver | None = None
+    replies: ReplyMap | None = None
 
 
 @dataclass
@@ -61,6 +68,12 @@ class Job:
     recipients: list[RecipientState]
     data: bytes = b""
     certificates: list[x509.Certificate] = field(default_factory=list)
+    # A reply routed to the person who wrote the mail it answers (inbound): the addresses
+    # a recipient's copy goes to instead of its own.
+    targets: dict[str, list[str]] = field(default_factory=dict)
+
+    def addresses(self, r: RecipientState) -> list[str]:
+        return self.targets.get(r.address, [r.address])
 
 
 @dataclass(frozen=True)
@@ -101,9 +114,13 @@ class Pipeline:
         if not due:
             return
         data = await self.spool.body(env.id)
+        notices: list[Notice] = []
+        if env.from_outside:  # never tagged, never scanned (CONTRACT "Inbound")
+            jobs = await self._inbound_jobs(env, due, data, notices)
+            await self._finish(env, due, data, jobs, notices, now)
+            return
         fields, _ = rawmail.split(data)
         tagging = read_tags(fields, self.config.tags)
-        notices: list[Notice] = []
         stripped = await asyncio.to_thread(outgoing, data, self.config.tags)
         if not tagging.tagged:
             jobs = await self._untagged_jobs(env, due, data, stripped, fields, tagging.subject,
@@ -123,6 +140,11 @@ class Pipeline:
                 assert department is not None
                 jobs = await self._secure_jobs(env, due, stripped, fields, department, policy,
                                                notices)
+        await self._finish(env, due, data, jobs, notices, now)
+
+    async def _finish(self, env: Envelope, due: list[RecipientState], data: bytes,
+                      jobs: list[Job], notices: list[Notice], now: float) -> None:
+        """Deliver the jobs, then report and record what became of every due recipient."""
         await asyncio.gather(*(self._deliver(env, job, notices) for job in jobs))
         self._age_checks(env, notices)
         await self._report(env, data, notices)
@@ -221,11 +243,47 @@ class Pipeline:
             groups[key].recipients.append(r)
         return list(groups.values())
 
+    async def _inbound_jobs(self, env: Envelope, due: list[RecipientState], data: bytes,
+                            notices: list[Notice]) -> list[Job]:
+        """Mail from outside: decrypted, verified and labelled, then to `routes.internal`."""
+        policy = self.policy
+        receiver = policy.receiver or Receiver((), None, None, decrypt=False,
+                                               tag_header=self.config.tags.header)
+        received = await receiver.receive(data, env.id)
+        if not any(r.attempts for r in env.recipients):  # each message counts once
+            metrics.inbound_messages.labels(result=received.result,
+                                            signature=received.signature).inc()
+        internal = self.config.organisation.internal_domains
+        job = Job(RecipientClass.PLAIN, self.config.routes.internal, OPPORTUNISTIC, [],
+                  received.data)
+        for r in due:
+            r.cls = str(RecipientClass.PLAIN)
+            if not domain_matches(domain_of(r.address), internal):  # internal_domains changed
+                notices.append(self._bounce(env, r, "5.7.1", "mail from outside is delivered "
+                                            "to internal recipients only", "not_internal"))
+                continue
+            try:
+                targets = await reply_targets(received, r.address, policy.departments,
+                                              policy.replies, internal)
+            except ReplyMapUnavailable as e:
+                self._defer(env, r, Reply(451, "4.3.0", f"reply routing unavailable: {e}"))
+                continue
+            if targets != [r.address]:
+                maillog.routed(env.id, r.address, targets=targets)
+                job.targets[r.address] = targets
+            job.recipients.append(r)
+        return [job] if job.recipients else []
+
     async def _secure_jobs(self, env: Envelope, due: list[RecipientState], stripped: bytes,
                            fields: list[rawmail.Field], department: Department,
                            policy: Policy, notices: list[Notice],
                            found_in: tuple[tuple[str, str], ...] = ()) -> list[Job]:
         """Tagged mail, or untagged mail holding a CPR number (`found_in` its places)."""
+        message_id = rawmail.get(fields, "Message-ID")
+        if department.config.replies == "department" and not message_id:
+            # Replies are routed by the Message-ID they answer: give the mail one.
+            message_id = f"<{env.id}@{self.config.smtp.hostname}>"
+            stripped = f"Message-ID: {message_id}\r\n".encode("ascii") + stripped
         decisions = await asyncio.gather(*(self._classify(policy, r.address) for r in due))
         visible = _visible_recipients(fields)
         jobs: dict[tuple[str, ...], Job] = {}
@@ -265,7 +323,23 @@ class Pipeline:
                                                   f"could not sign and encrypt: {e}"))
                     continue
             ready.append(job)
+        if message_id and department.config.replies == "department" and any(
+                job.cls == RecipientClass.SMIME for job in ready):
+            await self._remember(env, message_id, department, policy)
         return ready
+
+    async def _remember(self, env: Envelope, message_id: str, department: Department,
+                        policy: Policy) -> None:
+        """Note who sent this secure mail, so the partner's encrypted reply finds them."""
+        if policy.replies is None:
+            return
+        try:
+            await policy.replies.remember(message_id, Sent(env.sender, department.id,
+                                                           self.clock()))
+        except ReplyMapUnavailable as e:
+            # The mail matters more than the routing of its reply, which then reaches
+            # the department mailbox.
+            log.error("%s: cannot remember %s for reply routing: %s", env.id, message_id, e)
 
     async def _classify(self, policy: Policy, address: str) -> Decision:
         try:
@@ -277,7 +351,9 @@ class Pipeline:
         started = time.perf_counter()
         route: Route = parse_route(job.route)
         label = "plain" if job.cls == RecipientClass.PLAIN else str(job.cls)
-        rcpts = [Rcpt(r.address, r.notify, r.orcpt) for r in job.recipients]
+        # One RCPT per address, though a routed reply and a direct copy may share one.
+        rcpts = list({a: Rcpt(a, r.notify, r.orcpt)
+                      for r in job.recipients for a in job.addresses(r)}.values())
         result = await self.transport.deliver(
             route, domain_of(job.recipients[0].address), env.sender, rcpts, job.data, job.tls,
             queue_id=env.id, ret=env.ret, envid=env.envid, smtputf8=env.smtputf8)
@@ -285,7 +361,8 @@ class Pipeline:
         if result.tls_failure:
             metrics.tls_failures.labels(route=label).inc()
         for r in job.recipients:
-            reply = result.replies.get(r.address) or Reply(451, "4.3.0", "no reply recorded")
+            reply = (result.replies.get(job.addresses(r)[0])
+                     or Reply(451, "4.3.0", "no reply recorded"))
             if reply.code < 300:
                 r.state, r.last_error, r.status = State.DELIVERED, "", "2.0.0"
                 r.attempts += 1

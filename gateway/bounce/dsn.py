@@ -29,7 +29,8 @@ from gateway.policy.dlp.cpr import contains_cpr, mask_text
 
 Kind = Literal["unsafe", "no_department", "sender_not_allowed", "cpr_in_subject", "rejected",
                "expired", "deleted", "delayed", "protect_failed", "delivered", "relayed",
-               "cpr_found", "cpr_blocked", "cpr_no_department"]
+               "cpr_found", "cpr_blocked", "cpr_no_department",
+               "not_internal"]
 Action = Literal["failed", "delayed", "delivered", "relayed"]
 
 _END_OF_HEADERS = re.compile(rb"\r?\n\r?\n")
@@ -162,6 +163,10 @@ _DANISH = _Language(
             "er ikke sendt.",
             ("Kontakt IT.",
              "Send i mellemtiden med Digital Post, eller ring til modtageren.")),
+        "not_internal": _Text(
+            "Modtageren er ikke en af organisationens egne adresser, og post udefra "
+            "afleveres kun til dem.",
+            ("Kontrollér adressen, og send mailen igen.",)),
         "delivered": _Text(
             "Du bad om besked, når mailen var afleveret. Det er den nu."),
         "relayed": _Text(
@@ -254,6 +259,10 @@ _ENGLISH = _Language(
             "so it was not sent.",
             ("Contact IT.",
              "Meanwhile send it by Digital Post or telephone the recipient.")),
+        "not_internal": _Text(
+            "The recipient is not one of the organisation's own addresses, and mail from "
+            "outside is delivered to those only.",
+            ("Check the address and send the message again.",)),
         "delivered": _Text(
             "You asked to be told when the message was delivered. It now has been."),
         "relayed": _Text(

@@ -6,6 +6,10 @@ one address rule (`policy.address`: no percent hack or bang path, UTF-8 only wit
 SMTPUTF8, RFC 6531 3.3); DATA refuses bare CR or LF and NUL (SMTP smuggling, RFC 5321
 2.3.8 and 4.5.2), writes the message durably, answers 250 only after the fsync and then
 tells the scheduler. A failed write answers 451 4.3.0 and nothing is lost.
+
+Clients in `relay_networks` may send anywhere; with `inbound.enabled` every other client
+may send to internal recipients only (the gateway as MX, CONTRACT "Inbound"), and its
+messages are spooled as `from_outside`.
 """
 
 from __future__ import annotations
@@ -27,7 +31,13 @@ from gateway.edge.protocol import BAD_SENDER, GatewaySMTP
 from gateway.edge.proxy import in_networks
 from gateway.model import Envelope, RecipientState
 from gateway.observe import maillog, metrics
-from gateway.policy.address import InvalidAddress, NeedsUtf8, normalise
+from gateway.policy.address import (
+    InvalidAddress,
+    NeedsUtf8,
+    domain_matches,
+    domain_of,
+    normalise,
+)
 from gateway.policy.departments import Department
 from gateway.policy.tags import read_tags, resolve_department
 from gateway.spool.store import Spool, SpoolError, new_id
@@ -49,12 +59,15 @@ class Handler:
 
     def __init__(self, spool: Spool, relay_networks: Sequence[ipaddress._BaseNetwork],
                  tags: TagsConfig, on_accepted: Callable[[Envelope], None],
-                 departments: Sequence[Department] = ()) -> None:
+                 departments: Sequence[Department] = (), *, inbound: bool = False,
+                 internal_domains: Sequence[str] = ()) -> None:
         self.spool = spool
         self.relay_networks = tuple(relay_networks)
         self.tags = tags
         self.on_accepted = on_accepted
         self.departments = tuple(departments)  # only to name the department in the log
+        self.inbound = inbound
+        self.internal_domains = tuple(internal_domains)
 
     def may_relay(self, peer: object) -> bool:
         return in_networks(peer, self.relay_networks)
@@ -92,11 +105,9 @@ class Handler:
     async def handle_RCPT(self, server: GatewaySMTP, session: Session,
                           envelope: SmtpEnvelope, address: str,
                           rcpt_options: list[str]) -> str:
-        if not self.may_relay(session.peer):
-            metrics.smtp_rejections.labels(reason="relay_denied").inc()
-            maillog.reject(client=_client(session), sender=_sender(envelope),
-                           recipient=address, reply=RELAY_DENIED)
-            return RELAY_DENIED
+        outside = not self.may_relay(session.peer)
+        if outside and not self.inbound:
+            return self._relay_denied(session, envelope, address)
         try:
             address = normalise(address, utf8=envelope.smtp_utf8)
         except NeedsUtf8:
@@ -105,11 +116,17 @@ class Handler:
         except InvalidAddress:
             metrics.smtp_rejections.labels(reason="bad_address").inc()
             return self._refuse(session, envelope, address, BAD_ADDRESS)
+        if outside and not domain_matches(domain_of(address), self.internal_domains):
+            return self._relay_denied(session, envelope, address)  # an MX, never open relay
         if address not in envelope.rcpt_tos:
             envelope.rcpt_tos.append(address)
             server.dsn.rcpt[address] = server.pending_rcpt
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 Recipient ok"
+
+    def _relay_denied(self, session: Session, envelope: SmtpEnvelope, address: str) -> str:
+        metrics.smtp_rejections.labels(reason="relay_denied").inc()
+        return self._refuse(session, envelope, address, RELAY_DENIED)
 
     def _refuse(self, session: Session, envelope: SmtpEnvelope, address: str,
                 reply: str) -> str:
@@ -144,6 +161,7 @@ class Handler:
             ret=server.dsn.ret,
             envid=server.dsn.envid,
             smtputf8=envelope.smtp_utf8,
+            from_outside=not self.may_relay(session.peer),
         )
         try:
             await self.spool.put(queued, data)
@@ -152,12 +170,13 @@ class Handler:
             return SPOOL_FAILED
         fields, _ = rawmail.split(data[:65536])
         tagging = read_tags(fields, self.tags)
-        metrics.messages_received.labels(tagged=str(tagging.tagged).lower()).inc()
+        tagged = tagging.tagged and not queued.from_outside  # outsiders never tag
+        metrics.messages_received.labels(tagged=str(tagged).lower()).inc()
         department = (resolve_department(tagging, sender, self.departments)
-                      if tagging.tagged else None)
+                      if tagged else None)
         message_id = (rawmail.get(fields, "Message-ID") or "").strip()
         maillog.received(queued.id, client=queued.client, helo=queued.helo, sender=sender,
-                         size=len(data), message_id=message_id, tagged=tagging.tagged,
+                         size=len(data), message_id=message_id, tagged=tagged,
                          department=department.id if department else "",
                          nrcpt=len(queued.recipients))
         self.on_accepted(queued)

@@ -3,7 +3,8 @@
 A mail administrator asked "where is my mail?" greps the queue id (or the Message-ID,
 which the `received` line names) and reads the message's road: `received`, one
 `classified` per recipient of tagged mail, `dlp` when the scan of an untagged mail found
-a CPR number or could not read all of it, one `delivered`, `deferred` or `bounced` per
+a CPR number or could not read all of it (for mail from outside: `inbound`, and
+`learnt`, `routed` where they happen), one `delivered`, `deferred` or `bounced` per
 recipient and attempt, `dsn` when a notice was queued (naming the notice's own queue id),
 `removed` when the message left the queue. Refusals before a message has a queue id are
 `reject` events under `NOQUEUE`, as Postfix writes them.
@@ -142,6 +143,25 @@ def dlp(queue_id: str, *, mode: str, findings: int, found: str, incomplete: str)
     could not read all of it (what, and why)."""
     _emit(queue_id, "dlp", {"mode": mode, "findings": findings, "found": found,
                             "incomplete": incomplete}, level=logging.WARNING)
+
+
+def inbound(queue_id: str, *, result: str, signature: str, department: str = "",
+            signer: str = "", reason: str = "") -> None:
+    """Mail from outside was opened: decrypted or not (`reason`), and its signature."""
+    _emit(queue_id, "inbound", {"result": result, "signature": signature,
+                                "department": department, "signer": signer, "reason": reason},
+          logging.WARNING if result == "not_decrypted" else logging.INFO)
+
+
+def learnt(queue_id: str, *, address: str, certificate: str, source: str) -> None:
+    """A recipient certificate went into the learnt store (a valid signature, an import)."""
+    _emit(queue_id, "learnt", {"address": address, "certificate": certificate,
+                               "source": source})
+
+
+def routed(queue_id: str, recipient: str, *, targets: list[str]) -> None:
+    """A decrypted reply to a department mailbox goes to whoever wrote the mail it answers."""
+    _emit(queue_id, "routed", {"to": recipient, "targets": ",".join(targets)})
 
 
 def dsn(queue_id: str, *, dsn_id: str, action: str, recipient: str) -> None:

@@ -194,15 +194,18 @@ class Daemon:
         assert self.proc is not None
         self.proc.send_signal(sig)
 
-    def smtp(self) -> smtplib.SMTP:
-        client = smtplib.SMTP("127.0.0.1", self.config.smtp_port, timeout=30)
-        client.ehlo("exchange.brondby.dk")
+    def smtp(self, source: str = "") -> smtplib.SMTP:
+        """A client session, from the loopback address `source` (e.g. "127.0.0.9") if given."""
+        client = smtplib.SMTP("127.0.0.1", self.config.smtp_port, timeout=30,
+                              source_address=(source, 0) if source else None)
+        client.ehlo("mail.partner.dk" if source else "exchange.brondby.dk")
         return client
 
     def send(self, sender: str, recipients: list[str], data: bytes,
-             mail_options: tuple[str, ...] = (), rcpt_options: tuple[str, ...] = ()) -> str:
+             mail_options: tuple[str, ...] = (), rcpt_options: tuple[str, ...] = (),
+             source: str = "") -> str:
         """Send one message; return the queue id from the 250 reply."""
-        with self.smtp() as client:
+        with self.smtp(source) as client:
             code, reply = client.mail(sender, list(mail_options))
             assert code == 250, reply
             for r in recipients:

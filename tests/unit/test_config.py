@@ -43,6 +43,10 @@ def write(tmp_path: Path, old: str, new: str) -> Path:
     ('retry_min = 60', 'retry_min = 60\nretry_mni = 5', "queue.retry_mni"),
     ('id = "aeldreomsorg"', 'id = "ældre omsorg"', "departments[0].id"),
     ('[http]', '[htp]', "htp"),
+    ('senders = ["*@brondby.dk"]', 'senders = ["*@brondby.dk"]\nreplies = "department"',
+     "departments[0].replies"),
+    ('[[departments]]', '[inbound]\nreply_retention = 0\n\n[[departments]]',
+     "inbound.reply_retention"),
 ])
 def test_errors_name_file_and_key(tmp_path, old, new, key):
     path = write(tmp_path, old, new)
@@ -119,3 +123,26 @@ def test_new_keys_are_checked(tmp_path, old, new, key, message):
         load(path)
     assert e.value.key == key
     assert message in e.value.message
+
+
+def test_learnt_certificates_need_trust_anchors(tmp_path):
+    text = DEMO.read_text(encoding="utf-8")
+    start, end = text.index("[directory]"), text.index("[[departments]]")
+    path = tmp_path / "gateway.toml"
+    path.write_text(text[:start] + '[inbound]\nharvest = "learnt"\n\n' + text[end:],
+                    encoding="utf-8")
+    with pytest.raises(ConfigError) as e:
+        load(path)
+    assert e.value.key == "inbound.harvest" and "trust_anchors" in e.value.message
+
+
+def test_reply_routing_keys(tmp_path):
+    path = write(tmp_path, 'senders = ["*@brondby.dk"]',
+                 'senders = ["*@brondby.dk"]\nreplies = "department"\nreply_copy = true')
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text.replace("[[departments]]", '[inbound]\nreply_map = "../var/replies"'
+                                 "\n\n[[departments]]", 1), encoding="utf-8")
+    config = load(path)
+    assert config.departments[0].replies == "department" and config.departments[0].reply_copy
+    assert config.inbound.reply_map == (tmp_path.parent / "var" / "replies").resolve()
+    assert config.inbound.reply_retention == 90 * 86400

@@ -1,5 +1,6 @@
-"""The pipeline never finishes a bounce the sender was not told of, and sends each tunnel
-recipient with the TLS level of whoever vouched for it."""
+"""The pipeline never finishes a bounce the sender was not told of, sends each tunnel
+recipient with the TLS level of whoever vouched for it, and keeps mail from outside inside
+the house."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ from pathlib import Path
 from gateway.config import load
 from gateway.delivery import Result, TlsPolicy
 from gateway.errors import Reply
+from gateway.inbound.receive import DECRYPTED, Inbound, Receiver
+from gateway.inbound.replies import FileReplyMap, ReplyMapUnavailable
 from gateway.model import DlpOutcome, Envelope, RecipientState, State, TransportCheck
 from gateway.pipeline import Pipeline, Policy
 from gateway.policy.classify import Classifier
 from gateway.policy.departments import Department
 from gateway.policy.sepo import SepoList
 from gateway.spool.store import Spool, SpoolError, new_id
+from tests.support.pki import CA
 
 DEMO = Path(__file__).parents[2] / "policies" / "gateway.toml"
 MESSAGE = b"From: a@brondby.dk\r\nTo: x@hotmail.dk\r\nSubject: s\r\n\r\nhemmelig\r\n"
@@ -62,12 +66,15 @@ async def test_a_bounce_that_cannot_be_queued_is_retried(tmp_path):
 
 
 class Recording:
-    """A next hop (our Transport seam) that accepts everything and notes the TLS level."""
+    """A next hop (our Transport seam) that accepts everything, noting the TLS level and
+    what it was given."""
 
     def __init__(self) -> None:
         self.levels: dict[str, TlsPolicy] = {}
+        self.sent: list[tuple[str, list[str], bytes]] = []
 
     async def deliver(self, route, domain, sender, rcpts, data, tls, **kw) -> Result:
+        self.sent.append((str(route), [r.address for r in rcpts], data))
         for r in rcpts:
             self.levels[r.address] = tls
         return Result({r.address: Reply(250, "2.0.0", "ok") for r in rcpts})
@@ -134,11 +141,11 @@ async def _one_attempt(tmp_path, env: Envelope, data: bytes) -> tuple[Recording,
 
 async def test_mail_from_outside_is_never_scanned(tmp_path):
     env = Envelope(id=new_id(), sender="ole@hotmail.dk",
-                   recipients=[RecipientState("x@hotmail.dk")], received=time.time(),
+                   recipients=[RecipientState("x@brondby.dk")], received=time.time(),
                    from_outside=True)
     transport, queued = await _one_attempt(tmp_path, env, CPR_MESSAGE)
     assert env.dlp is None and queued == []
-    assert set(transport.levels) == {"x@hotmail.dk"}  # relayed unchanged
+    assert set(transport.levels) == {"x@brondby.dk"}  # delivered unchanged
 
 
 async def test_the_kept_decision_is_used_not_a_new_scan(tmp_path):
@@ -158,3 +165,58 @@ async def test_the_first_attempt_decides_and_records(tmp_path):
     assert env.dlp == DlpOutcome("secure", (("body", ""),))
     assert transport.levels == {} and len(queued) == 1  # no department in this policy: DSN
     assert Envelope.from_json(env.to_json()).dlp == env.dlp
+
+
+class BrokenReplies(FileReplyMap):
+    """A reply map whose storage is gone."""
+
+    def __init__(self) -> None:
+        pass
+
+    async def find(self, message_ids):
+        raise ReplyMapUnavailable("database unreachable")
+
+
+async def test_mail_from_outside_goes_to_internal_recipients_only(tmp_path):
+    config = load(DEMO)
+    spool = Spool(tmp_path)
+    spool.prepare()
+    env = Envelope(id=new_id(), sender="ole@partner.dk", from_outside=True,
+                   recipients=[RecipientState("lela@brondby.dk"), RecipientState("x@hotmail.dk")],
+                   received=time.time())
+    await spool.put(env, b"X-Send-Sikkert: yes\r\nSubject: s\r\n\r\nhej\r\n")
+    queued: list[Envelope] = []
+    transport = Recording()
+    policy = Policy(Classifier(("brondby.dk",), SepoList(frozenset(), tmp_path), None), ())
+    await Pipeline(config, spool, policy, transport, queued.append).attempt(env)
+    # Accepted for x@hotmail.dk before internal_domains changed: never relayed out.
+    assert [r.state for r in env.recipients] == [State.DELIVERED, State.BOUNCED]
+    assert env.recipients[1].status == "5.7.1"
+    [(route, rcpts, data)] = transport.sent
+    assert route == config.routes.internal and rcpts == ["lela@brondby.dk"]
+    assert data == b"Subject: s\r\n\r\nhej\r\n"  # never tagged: the tag header is gone
+
+
+async def test_a_reply_map_that_cannot_answer_defers_the_reply(tmp_path):
+    config = load(DEMO)
+    spool = Spool(tmp_path)
+    spool.prepare()
+    env = Envelope(id=new_id(), sender="ole@partner.dk", from_outside=True,
+                   recipients=[RecipientState("aeldreomsorg@brondby.dk")], received=time.time())
+    await spool.put(env, b"Subject: s\r\nIn-Reply-To: <a@brondby.dk>\r\n\r\nhej\r\n")
+    decrypted = Inbound(b"Subject: s\r\n\r\nhej\r\n", DECRYPTED, replied_to=("<a@brondby.dk>",))
+
+    class Decrypting(Receiver):
+        async def receive(self, data: bytes, queue_id: str = "") -> Inbound:
+            return decrypted
+
+    identity = CA("Pipeline test CA").issue("aeldreomsorg@brondby.dk")
+    department = Department(config.departments[0].model_copy(update={"replies": "department"}),
+                            identity.cert, (), identity.key)
+    policy = Policy(Classifier(("brondby.dk",), SepoList(frozenset(), tmp_path), None),
+                    (department,), Decrypting((), None, None, decrypt=True, tag_header="x"),
+                    BrokenReplies())
+    transport = Recording()
+    await Pipeline(config, spool, policy, transport, [].append).attempt(env)
+    assert env.recipients[0].state == State.DEFERRED and transport.sent == []
+    assert "reply routing unavailable: database unreachable" in env.recipients[0].last_error
