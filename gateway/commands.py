@@ -99,37 +99,8 @@ async def certs_import(config: Config, files: list[Path]) -> int:
     refused = 0
     try:
         for path in files:
-            try:
-                certs = await asyncio.to_thread(read_certificates, path)
-            except OSError as e:
-                print(f"send-sikkert: {path}: refused: cannot read it: {e.strerror}",
-                      file=sys.stderr)
-                refused += 1
-                continue
-            except ValueError:
-                print(f"send-sikkert: {path}: refused: not a certificate (PEM, DER or PKCS#7)",
-                      file=sys.stderr)
-                refused += 1
-                continue
-            chain = [c.public_bytes(Encoding.DER) for c in certs if is_ca(c)]
-            leaves = [c for c in certs if not is_ca(c)]
-            if not leaves:
-                print(f"send-sikkert: {path}: refused: only CA certificates, no recipient's",
-                      file=sys.stderr)
-                refused += 1
-            for cert in leaves:
-                learnt = await learner.learn(cert.public_bytes(Encoding.DER), chain, IMPORT,
-                                             f"certs import {path.name}")
-                if not learnt.ok:
-                    print(f"send-sikkert: {path}: refused {learnt.subject}: {learnt.refused}",
-                          file=sys.stderr)
-                    refused += 1
-                    continue
-                for address in learnt.added:
-                    print(f"{path}: added {learnt.subject} for {address}")
-                for address in learnt.known:
-                    print(f"{path}: already known: {learnt.subject} for {address}")
-    except DirectoryUnavailable as e:
+            refused += await _import_file(learner, path)
+    except DirectoryUnavailable as e:  # the store cannot be written
         print(f"send-sikkert: {e}", file=sys.stderr)
         return EXIT_UNSAFE
     finally:
@@ -137,6 +108,35 @@ async def certs_import(config: Config, files: list[Path]) -> int:
             await validator.crls.close()
         validator.close()
     return EXIT_UNSAFE if refused else EXIT_OK
+
+
+async def _import_file(learner: Learner, path: Path) -> int:
+    """Offer every recipient certificate in one file; print a line each; how many refused."""
+    def refuse(why: str) -> int:
+        print(f"send-sikkert: {path}: refused{why}", file=sys.stderr)
+        return 1
+
+    try:
+        certs = await asyncio.to_thread(read_certificates, path)
+    except OSError as e:
+        return refuse(f": cannot read it: {e.strerror}")
+    except ValueError:
+        return refuse(": not a certificate (PEM, DER or PKCS#7)")
+    chain = [c.public_bytes(Encoding.DER) for c in certs if is_ca(c)]  # for path building
+    leaves = [c for c in certs if not is_ca(c)]
+    if not leaves:
+        return refuse(": only CA certificates, no recipient's")
+    refused = 0
+    for cert in leaves:
+        learnt = await learner.learn(cert.public_bytes(Encoding.DER), chain, IMPORT,
+                                     f"certs import {path.name}")
+        if not learnt.ok:
+            refused += refuse(f" {learnt.subject}: {learnt.refused}")
+        for address in learnt.added:
+            print(f"{path}: added {learnt.subject} for {address}")
+        for address in learnt.known:
+            print(f"{path}: already known: {learnt.subject} for {address}")
+    return refused
 
 
 async def config_check(config: Config) -> int:

@@ -172,7 +172,10 @@ class Receiver:
 def _with_body(fields: list[rawmail.Field], inner: bytes) -> bytes:
     """The outer header fields with the inner entity's content fields and body."""
     head, body = split_entity(inner)
-    content = [raw for name, raw in header_fields(head) if name.lower().startswith("content-")]
+    fields_in = header_fields(head)
+    if b"".join(raw for _, raw in fields_in) != head:  # no header block: all of it is text
+        fields_in, body = [], inner
+    content = [raw for name, raw in fields_in if name.lower().startswith("content-")]
     outer = [f.raw for f in fields
              if not f.name.lower().startswith("content-") and f.name.lower() != "mime-version"]
     return b"".join(outer) + b"MIME-Version: 1.0" + CRLF + b"".join(content) + CRLF + body

@@ -9,6 +9,7 @@ from __future__ import annotations
 import email
 import email.policy
 import subprocess
+from collections.abc import Iterator
 from datetime import timedelta
 from email.message import EmailMessage
 from pathlib import Path
@@ -70,9 +71,11 @@ def openssl_verify(data: bytes, ca: CA, tmp: Path) -> subprocess.CompletedProces
 
 
 @pytest.fixture
-def partner(tmp_path: Path, ca: CA) -> Partner:
+def partner(tmp_path: Path, ca: CA) -> Iterator[Partner]:
     """Ole at a partner outside, with a certificate from a CA the gateway trusts."""
-    return Partner(tmp_path / "ole", ca.issue("ole@partner.dk"), ca)
+    ole = Partner(tmp_path / "ole", ca.issue("ole@partner.dk"), ca)
+    yield ole
+    ole.close()
 
 
 def test_a_stranger_may_send_to_internal_recipients_and_nowhere_else(config, daemons):

@@ -132,6 +132,12 @@ class Partner:
         der = self.gpgsm("--encrypt", "--cipher-algo", cipher, *recipients, str(path))
         return enveloped_entity(der)
 
+    def close(self) -> None:
+        """Stop the gpg-agent this partner's gpgsm home started, and nothing else."""
+        if self._gpgsm_home is not None:
+            subprocess.run(["gpgconf", "--homedir", str(self._gpgsm_home), "--kill", "all"],
+                           check=False, capture_output=True, timeout=30)
+
     def _gpgsm(self) -> Path:
         if self._gpgsm_home is not None:
             return self._gpgsm_home
@@ -143,15 +149,7 @@ class Partner:
             root = root.parent
         (home / "trustlist.txt").write_text(
             root.cert.fingerprint(hashes.SHA1()).hex(":").upper() + " S relax\n")
-        # gpgsm 2.2 reads PKCS#12 only with the old PBE algorithms.
-        encryption = (serialization.PrivateFormat.PKCS12.encryption_builder()
-                      .kdf_rounds(2048)
-                      .key_cert_algorithm(pkcs12.PBES.PBESv1SHA1And3KeyTripleDESCBC)
-                      .hmac_hash(hashes.SHA1())
-                      .build(PASSPHRASE.encode()))
-        p12 = pkcs12.serialize_key_and_certificates(
-            b"partner", self.identity.key, self.identity.cert, None, encryption)
-        (home / "partner.p12").write_bytes(p12)
+        (home / "partner.p12").write_bytes(gpgsm_pkcs12(b"partner", self.identity))
         (home / "public.pem").write_bytes(root.pem + pem(self.identity.chain))
         self.gpgsm("--import", str(home / "public.pem"))
         self.gpgsm("--import", str(home / "partner.p12"))
@@ -172,6 +170,16 @@ class Partner:
             fields.append(f"References: {references or in_reply_to}")
         fields += [*extra, "MIME-Version: 1.0"]
         return "\r\n".join(fields).encode("utf-8") + CRLF + crlf(entity)
+
+
+def gpgsm_pkcs12(name: bytes, who: Issued) -> bytes:
+    """`who`'s key and certificate as PKCS#12 that gpgsm 2.2 can import (old PBE only)."""
+    encryption = (serialization.PrivateFormat.PKCS12.encryption_builder()
+                  .kdf_rounds(2048)
+                  .key_cert_algorithm(pkcs12.PBES.PBESv1SHA1And3KeyTripleDESCBC)
+                  .hmac_hash(hashes.SHA1())
+                  .build(PASSPHRASE.encode()))
+    return pkcs12.serialize_key_and_certificates(name, who.key, who.cert, None, encryption)
 
 
 def _entity_only(smime: bytes) -> bytes:

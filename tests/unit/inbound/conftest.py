@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,5 +28,7 @@ def holder(department: Issued) -> KeyHolder:
 
 
 @pytest.fixture
-def partner(tmp_path: Path, ca: CA) -> Partner:
-    return Partner(tmp_path / "ole", ca.issue("ole@partner.dk"), ca)
+def partner(tmp_path: Path, ca: CA) -> Iterator[Partner]:
+    ole = Partner(tmp_path / "ole", ca.issue("ole@partner.dk"), ca)
+    yield ole
+    ole.close()

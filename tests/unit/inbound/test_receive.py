@@ -98,3 +98,13 @@ async def test_without_trust_anchors_no_signature_counts(holder: KeyHolder, part
     blind = Receiver([holder], None, None, decrypt=True, tag_header="X-Send-Sikkert")
     result = await blind.receive(partner.mail(partner.sign(ENTITY), to="a@b.dk"))
     assert result.signature == INVALID and "no trust anchors" in result.reason
+
+
+async def test_content_without_a_header_block_is_kept_as_text(receiver: Receiver,
+                                                              partner: Partner,
+                                                              department: Issued):
+    bare = b"Hej\r\nDette er: en test\r\n"
+    result = await receiver.receive(partner.mail(partner.encrypt(bare, [department.cert]),
+                                                 to="a@brondby.dk"))
+    assert result.result == DECRYPTED
+    assert result.data.endswith(b"MIME-Version: 1.0\r\n\r\n" + bare)

@@ -10,13 +10,12 @@ from pathlib import Path
 
 from asn1crypto import cms
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.serialization import pkcs12
 
+from tests.support.partner import PASSPHRASE, gpgsm_pkcs12
 from tests.support.pki import CA, Issued
 
 SAMPLES = Path(__file__).parents[2] / "fixtures" / "samples"
 STAMP = "Sendt sikkert via Ældre og Omsorg"
-PASSPHRASE = "test"
 
 
 @dataclass
@@ -72,15 +71,8 @@ class Gpgsm:
         home.chmod(0o700)
         (home / "trustlist.txt").write_text(
             pki.root.cert.fingerprint(hashes.SHA1()).hex(":").upper() + " S relax\n")
-        # gpgsm 2.2 reads PKCS#12 only with the old PBE algorithms.
-        encryption = (serialization.PrivateFormat.PKCS12.encryption_builder()
-                      .kdf_rounds(2048)
-                      .key_cert_algorithm(pkcs12.PBES.PBESv1SHA1And3KeyTripleDESCBC)
-                      .hmac_hash(hashes.SHA1())
-                      .build(PASSPHRASE.encode()))
-        p12 = pkcs12.serialize_key_and_certificates(
-            b"recipient", pki.recipient.key, pki.recipient.cert, None, encryption)
-        self.run("--import", self.write("recipient.p12", p12))
+        self.run("--import", self.write("recipient.p12",
+                                        gpgsm_pkcs12(b"recipient", pki.recipient)))
         self.run("--import", self.write("public.pem", pki.root.pem + pki.department.pem + b"".join(
             c.public_bytes(serialization.Encoding.PEM) for c in pki.department.chain)))
 
