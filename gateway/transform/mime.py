@@ -23,6 +23,8 @@ _BARE_LINE_END = re.compile(rb"\r?\n")
 
 def canonical(data: bytes) -> bytes:
     """`data` with every line ending as CRLF, the form S/MIME signs and encrypts."""
+    if data.count(b"\n") == data.count(CRLF) == data.count(b"\r"):
+        return data  # already canonical (all mail that came by SMTP): no rewrite
     return _BARE_LINE_END.sub(CRLF, data)
 
 
@@ -64,18 +66,29 @@ def set_field(head: bytes, name: str, value: bytes) -> bytes:
 def part_spans(body: bytes, boundary: str) -> list[tuple[int, int]]:
     """Where each body part of a multipart body starts and ends (delimiters excluded)."""
     # The CRLF before a delimiter belongs to the delimiter (RFC 2046 5.1.1); a missing
-    # close delimiter (truncated mail) lets the last part run to the end.
-    delimiter = re.compile(
-        rb"(?:\A|\r\n)--" + re.escape(boundary.encode("ascii", "surrogateescape"))
-        + rb"(--)?[ \t]*(?:\r\n|\Z)")
+    # close delimiter (truncated mail) lets the last part run to the end. bytes.find
+    # instead of a regular expression: a search from every position of a large body
+    # holds the GIL for a long time, this one takes milliseconds.
+    marker = b"--" + boundary.encode("ascii", "surrogateescape")
     spans: list[tuple[int, int]] = []
     start: int | None = None
-    for match in delimiter.finditer(body):
+    pos = 0
+    while (found := body.find(marker, pos)) >= 0:
+        end = found + len(marker)
+        close = body.startswith(b"--", end)
+        if close:
+            end += 2
+        while body[end:end + 1] in (b" ", b"\t"):  # transport padding
+            end += 1
+        at_line_start = found == 0 or body.startswith(CRLF, found - 2)
+        if not at_line_start or not (end == len(body) or body.startswith(CRLF, end)):
+            pos = found + 1  # the boundary text inside a line is no delimiter
+            continue
         if start is not None:
-            spans.append((start, match.start()))
-        if match.group(1):
+            spans.append((start, max(found - 2, 0)))
+        if close:
             return spans
-        start = match.end()
+        start = pos = min(end + 2, len(body))
     if start is not None:
         spans.append((start, len(body)))
     return spans

@@ -1,0 +1,27 @@
+"""Raw MIME helpers: delimiters found as RFC 2046 5.1.1 places them, canonical line ends."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.transform.mime import canonical, part_spans
+
+
+@pytest.mark.parametrize(("body", "parts"), [
+    (b"--b\r\none\r\n--b\r\ntwo\r\n--b--\r\nepilogue", [b"one", b"two"]),
+    (b"preamble\r\n--b \t\r\none\r\n--b--", [b"one"]),  # transport padding, preamble
+    (b"--b\r\none --b\r\n--bx\r\n\r\n--b--", [b"one --b\r\n--bx\r\n"]),  # not delimiters
+    (b"--b\r\ntruncated", [b"truncated"]),  # no close delimiter: runs to the end
+    (b"--b\r\n\r\n--b\r\n", [b"", b""]),
+    (b"no delimiter at all", []),
+    (b"--b--", []),
+])
+def test_part_spans(body: bytes, parts: list[bytes]) -> None:
+    assert [body[start:end] for start, end in part_spans(body, "b")] == parts
+
+
+def test_canonical_makes_every_line_end_crlf_and_leaves_canonical_data_alone() -> None:
+    assert canonical(b"a\nb\r\nc\n") == b"a\r\nb\r\nc\r\n"
+    data = b"a\r\nb\r\n" * 1000
+    assert canonical(data) is data
+    assert canonical(b"a\rb\n") == b"a\rb\r\n"  # a bare CR is not a line end to rewrite
