@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from gateway.api.http import make_app
+from gateway.api.tls import HttpsContext, https_context
 from gateway.cluster import mta_sts_store, open_database
 from gateway.config import Config, ConfigError, load
 from gateway.delivery import Router
@@ -134,6 +135,7 @@ class Gateway:
         self.pipeline: Pipeline | None = None
         self.servers: list[asyncio.AbstractServer] = []
         self.http: web.AppRunner | None = None
+        self.https: HttpsContext | None = None
         self._scheduler_task: asyncio.Task[None] | None = None
         self._sepo_watch = SepoWatch(config.path)
         self._sepo_task: asyncio.Task[None] | None = None
@@ -191,17 +193,20 @@ class Gateway:
             self.servers.append(server)
             log.info("SMTP listening on %s", listen)
         if self.config.http.listen is not None:
+            self.https = https_context(self.config)
             self.http = web.AppRunner(make_app(self), access_log=None)
             await self.http.setup()
             site = web.TCPSite(self.http, self.config.http.listen.host,
-                               self.config.http.listen.port)
+                               self.config.http.listen.port,
+                               ssl_context=self.https.context if self.https else None)
             try:
                 await site.start()
             except OSError as e:
                 raise ConfigError(self.config.path, "http.listen",
                                   f"cannot listen on {self.config.http.listen}: {e.strerror}"
                                   ) from None
-            log.info("HTTP listening on %s", self.config.http.listen)
+            log.info("HTTP%s listening on %s", "S" if self.https else "",
+                     self.config.http.listen)
         if self.loaded.directory is not None:
             await self.loaded.directory.start()
         self._scheduler_task = loop.create_task(self.scheduler.run())
@@ -249,15 +254,21 @@ class Gateway:
     async def reload(self) -> None:
         """SIGHUP: re-read the configuration and policy; keep the old ones if anything is bad.
 
-        Listeners, the spool folder and the HTTP address stay as they are until a restart.
+        Listeners, the spool folder and the HTTP address stay as they are until a restart;
+        the HTTPS certificate is read anew (a renewed one takes effect at once).
         """
         try:
             config = await asyncio.to_thread(load, self.config.path)
             loaded = await load_policy(config, database=self.database)
+            if self.https is not None and config.http.tls is not None:
+                await asyncio.to_thread(self.https.reload, config.http.tls.cert,
+                                        config.http.tls.key)
         except ConfigError as e:
             metrics.last_reload_successful.labels(source="configuration").set(0)
             log.error("reload refused, keeping the running configuration: %s", e)
             return
+        if (config.http.tls is None) != (self.config.http.tls is None):
+            log.warning("http.tls switched on or off: it takes effect after a restart")
         for key in ("smtp.listen", "smtp.hostname", "smtp.max_message_size", "smtp.tls",
                     "http.listen", "spool.dir", "cluster.database", "cluster.node"):
             section, name = key.split(".")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import ssl
 import sys
 import urllib.error
 import urllib.request
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from pydantic import BaseModel
 
 from gateway import app
+from gateway.api.tls import https_context
 from gateway.cluster import connected, database_password
 from gateway.config import Config
 from gateway.devpki import dev_init
@@ -147,6 +149,7 @@ async def config_check(config: Config) -> int:
     app.inbound_tls(config)
     if config.cluster.database:
         database_password(config)
+    https_context(config)
     print(json.dumps(_plain(config), indent=2, ensure_ascii=False))
     print(f"configuration {config.path} is valid: {len(loaded.sepo)} SEPO domain(s), "
           f"{len(loaded.policy.departments)} department(s)", file=sys.stderr)
@@ -273,9 +276,16 @@ def _ask_daemon(config: Config, method: str, path: str) -> tuple[int, dict] | No
     if listen is None:
         return None
     host = f"[{listen.host}]" if ":" in listen.host else listen.host
-    request = urllib.request.Request(f"http://{host}:{listen.port}{path}", method=method)
+    scheme, context = "http", None
+    if config.http.tls is not None:
+        # Our own listener: trust exactly its certificate, whatever name it was issued for.
+        scheme = "https"
+        context = ssl.create_default_context(cafile=config.http.tls.cert)
+        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+        context.check_hostname = False
+    request = urllib.request.Request(f"{scheme}://{host}:{listen.port}{path}", method=method)
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=10, context=context) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"{}")

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway.api.addin import add_addin
+from gateway.api.pages import add_pages
 from gateway.cluster import DatabaseUnavailable
 from gateway.directory import DirectoryUnavailable
 from gateway.policy.address import InvalidAddress, normalise
@@ -36,6 +38,8 @@ def make_app(gateway: Gateway) -> web.Application:
     app.router.add_post("/api/queue/retry", queue_retry)
     app.router.add_post("/api/queue/{id}/retry", queue_retry)
     app.router.add_delete("/api/queue/{id}", queue_delete)
+    add_pages(app, lambda: gateway.config)
+    add_addin(app)
     return app
 
 

@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import smtplib
+import ssl
 import subprocess
 import time
 import tomllib
@@ -36,12 +37,15 @@ def checkout(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def wait_http(port: int, proc: subprocess.Popen, log: Path) -> None:
+def wait_https(port: int, ca: Path, proc: subprocess.Popen, log: Path) -> None:
+    """The demo's HTTP listener speaks HTTPS with dev-init's certificate."""
+    context = ssl.create_default_context(cafile=ca)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         assert proc.poll() is None, log.read_text()
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1)
+            urllib.request.urlopen(f"https://127.0.0.1:{port}/readyz", timeout=1,
+                                   context=context)
             return
         except OSError:
             time.sleep(0.05)
@@ -70,7 +74,11 @@ def test_demo_runs_from_the_repository_root(checkout: Path):
     with open(log, "wb") as err:
         proc = subprocess.Popen([SCRIPT, "serve"], cwd=checkout, env=env, stderr=err)
     try:
-        wait_http(http_port, proc, log)
+        ca = checkout / "certs" / "dev" / "ca.pem"
+        wait_https(http_port, ca, proc, log)
+        with urllib.request.urlopen(f"https://localhost:{http_port}/addin/manifest.xml",
+                                    context=ssl.create_default_context(cafile=ca)) as answer:
+            assert b"https://localhost:8025/addin/taskpane.html" in answer.read()
         with smtplib.SMTP("127.0.0.1", smtp_port, timeout=30) as client:
             client.sendmail("lela@brondby.dk", ["olelsen@dhl.dk", "hm@hotmail.dk"],
                             sample("03-cpr-and-health-tagged.eml").replace(b", bolig 127", b""))

@@ -12,6 +12,7 @@ import os
 import signal
 import smtplib
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -58,6 +59,7 @@ class GatewayConfig:
     directory: str = ""  # a whole [directory] table; "" writes a files directory
     extra: str = ""  # appended verbatim
     departments: str = ""  # "" writes the aeldreomsorg department
+    https: bool = False  # [http.tls] with a certificate from `ca` for localhost and 127.0.0.1
 
     def __post_init__(self) -> None:
         self.outbox = self.root / "outbox"
@@ -68,6 +70,17 @@ class GatewayConfig:
         (self.certs / "trust" / "ca.pem").write_bytes(self.ca.pem)
         self.department = self.ca.issue("aeldreomsorg@brondby.dk")
         self.department.write(self.certs / "aeldreomsorg.pem", self.certs / "aeldreomsorg.key")
+        self.https_cert = self.ca.issue(common_name="localhost", dns_names=["localhost"],
+                                        ips=["127.0.0.1"], server=True)
+        self.https_cert.write(self.certs / "https.pem", self.certs / "https.key")
+
+    @property
+    def http_url(self) -> str:
+        return f"{'https' if self.https else 'http'}://127.0.0.1:{self.http_port}"
+
+    def client_tls(self) -> ssl.SSLContext | None:
+        """A client context that trusts the test CA, for HTTPS; None for plain HTTP."""
+        return ssl.create_default_context(cadata=self.ca.pem.decode()) if self.https else None
 
     @property
     def path(self) -> Path:
@@ -93,6 +106,8 @@ stamp = "Sendt sikkert via Ældre og Omsorg"
 senders = ["*@brondby.dk"]
 default_for = ["*@brondby.dk"]
 """
+        https = (f'[http.tls]\ncert = "{self.certs / "https.pem"}"\n'
+                 f'key = "{self.certs / "https.key"}"\n') if self.https else ""
         self.path.write_text(f"""
 [smtp]
 listen = ["127.0.0.1:{self.smtp_port}"]
@@ -105,6 +120,7 @@ max_message_size = {self.max_message_size}
 
 [http]
 listen = "127.0.0.1:{self.http_port}"
+{https}
 
 [spool]
 dir = "{self.spool}"
@@ -216,10 +232,10 @@ class Daemon:
         return reply.decode().rsplit(" ", 1)[-1]
 
     def http(self, path: str, method: str = "GET") -> tuple[int, dict]:
-        request = urllib.request.Request(f"http://127.0.0.1:{self.config.http_port}{path}",
-                                         method=method)
+        request = urllib.request.Request(self.config.http_url + path, method=method)
         try:
-            with urllib.request.urlopen(request, timeout=10) as response:
+            with urllib.request.urlopen(request, timeout=10,
+                                        context=self.config.client_tls()) as response:
                 body = response.read()
                 status = response.status
         except urllib.error.HTTPError as e:
@@ -230,8 +246,8 @@ class Daemon:
             return status, {"text": body.decode(errors="replace")}
 
     def metrics(self) -> str:
-        with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.config.http_port}/metrics", timeout=10) as response:
+        with urllib.request.urlopen(self.config.http_url + "/metrics", timeout=10,
+                                    context=self.config.client_tls()) as response:
             return response.read().decode()
 
     def metric(self, name: str, **labels: str) -> float:

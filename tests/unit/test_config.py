@@ -82,12 +82,13 @@ def test_new_sections_have_the_contract_defaults():
     assert config.smtp.max_connections_per_client == 50
     assert config.smtp.timeout == 300
     assert config.smtp.proxy_protocol is False and config.smtp.trusted_proxies == ()
-    assert config.http.tls is None
+    assert config.http.tls is not None  # the demo serves the Outlook add-in over HTTPS
+    assert config.http.tls.cert.name == "https.pem"
     assert (config.transport_security.dane, config.transport_security.mta_sts) == (False, False)
     assert config.cluster.database == "" and config.cluster.node  # the host name
     assert config.dlp.cpr == "secure"
     assert (config.inbound.enabled, config.inbound.decrypt) == (False, True)
-    assert config.addin.public_url == ""
+    assert config.addin.public_url == "https://localhost:8025"
     assert config.departments[0].replies == "person"
 
 
@@ -108,9 +109,9 @@ def test_configuration_is_frozen():
      "cluster.database", "must not hold the password"),
     ("[dns]", '[cluster]\ndatabase = "mysql://db/gw"\n\n[dns]', "cluster.database",
      "postgresql://"),
-    ("[dns]", '[addin]\npublic_url = "http://gw.brondby.dk"\n\n[dns]', "addin.public_url",
-     "https://"),
-    ("[dns]", '[addin]\npublic_url = "https://gw.brondby.dk"\n\n[dns]', "addin.id", "GUID"),
+    ('public_url = "https://localhost:8025"', 'public_url = "http://gw.brondby.dk"',
+     "addin.public_url", "https://"),
+    ('id = "82c42fe1-1b56-4240-b588-b826a6a50405"', 'id = "not-a-guid"', "addin.id", "GUID"),
     ("[dns]", '[inbound]\nenabled = "yes"\n\n[dns]', "inbound.enabled", "true or false"),
     ('stamp = "Sendt', 'replies = "me"\nstamp = "Sendt', "departments[0].replies",
      'must be "person" or "department"'),

@@ -173,3 +173,30 @@ def test_refuses_keys_it_cannot_write(tmp_path):
         dev_init(load(tmp_path / "gateway.toml"), tmp_path / "certs")
     assert error.value.key == "departments[1].key"
     assert not (tmp_path / "certs").exists()
+
+
+def test_https_certificate_for_the_listener_and_the_addin_host(tmp_path: Path):
+    """With [http.tls], the listener's certificate: serverAuth, loopback and the public host."""
+    text = CONFIG.replace("[spool]", '[http]\nlisten = "127.0.0.1:8025"\n[http.tls]\n'
+                          'cert = "certs/dev/https.pem"\nkey = "certs/dev/https.key"\n'
+                          '[addin]\npublic_url = "https://sikkermail.brondby.dk"\n'
+                          'id = "82c42fe1-1b56-4240-b588-b826a6a50405"\n[spool]')
+    (tmp_path / "gateway.toml").write_text(text, encoding="utf-8")
+    config = load(tmp_path / "gateway.toml")
+    written = dev_init(config, tmp_path / "certs")
+    cert_path = tmp_path / "certs" / "dev" / "https.pem"
+    assert {cert_path, tmp_path / "certs" / "dev" / "https.key"} <= set(written)
+    leaf, ca = x509.load_pem_x509_certificates(cert_path.read_bytes())
+    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["localhost", "sikkermail.brondby.dk"]
+    assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1", "::1"]
+    usage = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usage) == [x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]
+    leaf.verify_directly_issued_by(ca)
+    assert dev_init(config, tmp_path / "certs") == []  # a second run keeps what is good
+    # openssl, as a browser would, accepts it for the public host name.
+    verify = subprocess.run(["openssl", "verify", "-CAfile", str(tmp_path / "certs" / "dev" /
+                                                                  "ca.pem"),
+                             "-verify_hostname", "sikkermail.brondby.dk", "-purpose",
+                             "sslserver", str(cert_path)], capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stderr
