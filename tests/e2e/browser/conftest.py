@@ -60,6 +60,8 @@ class Browser:
     def page(self, path: str, office: dict | None = None) -> Page:
         """Open a page of the gateway; `office` is the mail the Office.js stand-in holds."""
         page = self.context.new_page()
+        if path.startswith("/addin/"):
+            page.set_viewport_size({"width": 380, "height": 900})  # an Outlook task pane
         if office is not None:
             page.add_init_script(f"window.__officeState = {json.dumps(office)};")
         # Any Content Security Policy violation of our own pages fails the test.
