@@ -277,19 +277,20 @@ def _ask_daemon(config: Config, method: str, path: str) -> tuple[int, dict] | No
         return None
     host = f"[{listen.host}]" if ":" in listen.host else listen.host
     scheme, context = "http", None
-    if config.http.tls is not None:
-        # Our own listener: trust exactly its certificate, whatever name it was issued for.
-        scheme = "https"
-        context = ssl.create_default_context(cafile=config.http.tls.cert)
-        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
-        context.check_hostname = False
-    request = urllib.request.Request(f"{scheme}://{host}:{listen.port}{path}", method=method)
     try:
+        if config.http.tls is not None:
+            # Our own listener: trust exactly its certificate, whatever name it was issued for.
+            scheme = "https"
+            context = ssl.create_default_context(cafile=config.http.tls.cert)
+            context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+            context.check_hostname = False
+        request = urllib.request.Request(f"{scheme}://{host}:{listen.port}{path}",
+                                         method=method)
         with urllib.request.urlopen(request, timeout=10, context=context) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"{}")
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
+    except (urllib.error.URLError, OSError, ssl.SSLError):  # no daemon, or not ours
         return None
 
 

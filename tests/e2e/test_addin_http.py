@@ -18,11 +18,10 @@ import pytest
 from cryptography import x509
 
 from gateway.api.pages import OFFICE_JS_ORIGIN
-from tests.support.daemon import Daemon, GatewayConfig
+from tests.support.daemon import ADDIN_ID, Daemon, GatewayConfig
 from tests.support.pki import CA, rsa_key
 
 OK, NOT_MODIFIED, NOT_FOUND = 200, 304, 404
-ADDIN_ID = "82c42fe1-1b56-4240-b588-b826a6a50405"
 NS = {"o": "http://schemas.microsoft.com/office/appforoffice/1.1",
       "bt": "http://schemas.microsoft.com/office/officeappbasictypes/1.0",
       "v10": "http://schemas.microsoft.com/office/mailappversionoverrides",
@@ -40,11 +39,7 @@ SHORT_STRING_MAX, LONG_STRING_MAX = 125, 250
 @pytest.fixture
 def config(tmp_path: Path, ca: CA) -> GatewayConfig:
     config = GatewayConfig(tmp_path, ca, https=True)
-    config.extra += f"""
-[addin]
-public_url = "https://localhost:{config.http_port}"
-id = "{ADDIN_ID}"
-"""
+    config.enable_addin("localhost")
     return config
 
 
@@ -243,3 +238,10 @@ def test_config_check_refuses_a_certificate_that_does_not_match_its_key(
     assert result.returncode == 2
     assert "http.tls.cert" in result.stderr
 
+
+
+def test_queue_commands_reach_a_daemon_that_speaks_https(gateway: Daemon):
+    """`queue retry` asks the running daemon over its HTTPS listener, never the spool."""
+    result = gateway.cli("queue", "retry")
+    assert "does not answer" not in result.stderr, result.stderr
+    assert "applies when the daemon starts" not in result.stdout

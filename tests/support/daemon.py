@@ -25,6 +25,7 @@ from tests.support.pki import CA
 from tests.support.sink import free_port
 
 SCRIPT = str(Path(sys.executable).with_name("send-sikkert"))
+ADDIN_ID = "82c42fe1-1b56-4240-b588-b826a6a50405"  # the tests' Outlook add-in GUID
 
 
 def toml_list(items: list[str]) -> str:
@@ -77,6 +78,11 @@ class GatewayConfig:
     @property
     def http_url(self) -> str:
         return f"{'https' if self.https else 'http'}://127.0.0.1:{self.http_port}"
+
+    def enable_addin(self, host: str = "127.0.0.1") -> None:
+        """Serve the Outlook add-in (needs `https`) at https://host:http_port."""
+        self.extra += (f'\n[addin]\npublic_url = "https://{host}:{self.http_port}"\n'
+                       f'id = "{ADDIN_ID}"\n')
 
     def client_tls(self) -> ssl.SSLContext | None:
         """A client context that trusts the test CA, for HTTPS; None for plain HTTP."""

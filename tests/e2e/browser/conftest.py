@@ -88,11 +88,7 @@ def browser(tmp_path: Path, config: GatewayConfig) -> Iterator[Browser]:
 @pytest.fixture
 def config(tmp_path: Path, ca: CA) -> GatewayConfig:
     config = GatewayConfig(tmp_path, ca, https=True)
-    config.extra += f"""
-[addin]
-public_url = "https://127.0.0.1:{config.http_port}"
-id = "82c42fe1-1b56-4240-b588-b826a6a50405"
-"""
+    config.enable_addin()
     return config
 
 
