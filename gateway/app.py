@@ -261,8 +261,8 @@ class Gateway:
             config = await asyncio.to_thread(load, self.config.path)
             loaded = await load_policy(config, database=self.database)
             if self.https is not None and config.http.tls is not None:
-                await asyncio.to_thread(self.https.reload, config.http.tls.cert,
-                                        config.http.tls.key)
+                # On the loop's own thread: handshakes use this context meanwhile.
+                self.https.reload(config.http.tls.cert, config.http.tls.key)
         except ConfigError as e:
             metrics.last_reload_successful.labels(source="configuration").set(0)
             log.error("reload refused, keeping the running configuration: %s", e)
