@@ -45,6 +45,7 @@ var SendSikkert = (function () {
   var INVALID_LABEL = "Ikke en gyldig adresse";
   var UNREACHABLE_LABEL = "Kan ikke afgøres lige nu";
   var UNREACHABLE_REASON = "Send Sikkert-tjekket kunne ikke køre: gatewayen svarer ikke.";
+  var MISSING_REASON = "Outlook oplyser ingen mailadresse for denne modtager.";
 
   function slug(result) {
     return SLUGS[result.colour] || CLASS_SLUGS[result["class"]] || "graa";
@@ -78,11 +79,12 @@ var SendSikkert = (function () {
 
   /**
    * One result -> one <li>. `result` is an item of /api/check's "results", or
-   * {address, error} for an address the gateway refused, or {address, unreachable: true}.
+   * {address, error} for an address the gateway refused, {address, unreachable: true} when
+   * it could not be asked, or {missing: true} for a recipient Outlook gave no address for.
    * `kind` (optional) names where the address stands: "Til", "Cc", "Bcc".
    */
   function row(result, kind) {
-    var invalid = result.error !== undefined;
+    var invalid = result.error !== undefined || result.missing === true;
     var colour = invalid || result.unreachable ? "graa" : slug(result);
     var li = el("li", "row row--" + colour);
     li.setAttribute("data-colour", colour);
@@ -105,10 +107,10 @@ var SendSikkert = (function () {
 
     var reason = el("p", "row__reason");
     reason.appendChild(el("span", "row__reason-title", "Begrundelse: "));
-    var because = el("span", "", invalid ? result.error :
+    var because = el("span", "", result.missing ? MISSING_REASON : invalid ? result.error :
                                  result.unreachable ? UNREACHABLE_REASON : result.reason);
     // The gateway's own reasons are written in English (they are also its log lines).
-    if (!result.unreachable) because.setAttribute("lang", "en");
+    if (!result.unreachable && !result.missing) because.setAttribute("lang", "en");
     reason.appendChild(because);
     body.appendChild(reason);
 
@@ -139,7 +141,7 @@ var SendSikkert = (function () {
   function summary(results) {
     var counts = { turkis: 0, groen: 0, roed: 0, graa: 0 };
     results.forEach(function (r) {
-      counts[r.error !== undefined || r.unreachable ? "graa" : slug(r)] += 1;
+      counts[r.error !== undefined || r.missing || r.unreachable ? "graa" : slug(r)] += 1;
     });
     var parts = [];
     if (counts.turkis) parts.push(counts.turkis + " intern");

@@ -101,6 +101,7 @@ def test_grey_keeps_the_button_grey_and_tjek_checks_another_address(
     assert [c for _, _, c in pane_rows(page)] == ["graa", "graa"]
     expect(page.locator("#modtagere")).to_contain_text("Kan ikke afgøres lige nu")
     expect(page.locator("#modtagere")).to_contain_text("Outlook oplyser ingen mailadresse")
+    assert page.locator("#modtagere [lang=en]").count() == 1  # only the gateway's reason
     expect(page.get_by_role("button", name="Send Sikkert")).to_be_disabled()
     page.get_by_role("textbox", name="Adresse").fill(seeded["grøn"])
     page.get_by_role("textbox", name="Adresse").press("Enter")

@@ -109,7 +109,8 @@
       var recipients = read[0];
       state.cprInSubject = SendSikkertCpr.contains(read[1]);
       var withAddress = recipients.filter(function (r) { return r.address; });
-      return SendSikkert.check(withAddress.map(function (r) { return r.address; }), { base: API })
+      var addresses = withAddress.map(function (r) { return r.address; });
+      return SendSikkert.check(addresses, { base: API })
         .catch(function () {
           return withAddress.map(function (r) { return { address: r.address, unreachable: true }; });
         })
@@ -117,9 +118,7 @@
           if (ticket !== state.refreshing) return;  // a newer refresh is on its way
           var k = 0;
           state.results = recipients.map(function (r) {
-            var result = r.address ? checked[k++] : {
-              address: "", error: "Outlook oplyser ingen mailadresse for denne modtager."
-            };
+            var result = r.address ? checked[k++] : { address: "", missing: true };
             result.name = r.name;
             return result;
           });
