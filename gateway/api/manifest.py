@@ -2,10 +2,11 @@
 
 What Exchange on-premises (`New-App -Url`) and the Microsoft 365 admin centre deploy: an
 `OfficeApp` of type `MailApp` (schema appforoffice/1.1) for compose mode. The base
-requirement is Mailbox 1.8 (internet headers, which mark the mail); VersionOverrides 1.1
-adds the ribbon button "Send Sikkert" that opens the task pane and the `OnMessageSend`
-launch event (Smart Alerts, Mailbox 1.12, SendMode SoftBlock: if the add-in cannot load,
-the mail still goes, and the gateway stays the enforcement). Every URL is under
+requirement is Mailbox 1.8 (internet headers, which mark the mail); VersionOverrides 1.0
+gives the ribbon button "Send Sikkert" that opens the task pane, and 1.1 inside it adds,
+for clients with Mailbox 1.12, the `OnMessageSend` launch event (Smart Alerts, SendMode
+SoftBlock: if the add-in cannot load, the mail still goes, and the gateway stays the
+enforcement). Every URL is under
 `addin.public_url`. The text is a template rather than an ElementTree because `xsi:type`
 values are QNames that must resolve against the default namespace of each element.
 """
@@ -19,7 +20,6 @@ from xml.sax.saxutils import escape, quoteattr
 TASKPANE = "/addin/taskpane.html"
 COMMANDS = "/addin/commands.html"  # the browser runtime of the send-time check
 LAUNCH_SCRIPT = "/addin/launchevent.js"  # classic Outlook on Windows: the JavaScript runtime
-ICON_SIZES = (16, 32, 64, 80, 128)
 PANE_BUTTON = "msgComposeOpenPaneButton"  # also named by onsend.js (Smart Alerts commandId)
 SEND_HANDLER = "onMessageSendHandler"
 DESCRIPTION = "Tjek modtagerne, og send sikkert via {provider}s sikre mail."
@@ -47,12 +47,6 @@ def manifest_version() -> str:
         text = "0"
     parts = [p for p in text.split(".")[:4] if p.isdigit()]
     return ".".join((parts + ["0"] * 4)[:4])
-
-
-def urls(info: AddinInfo) -> list[str]:
-    """Every URL the manifest names (for tests and for `config check`)."""
-    paths = [TASKPANE, COMMANDS, LAUNCH_SCRIPT, "/"] + [icon_path(s) for s in ICON_SIZES]
-    return [info.public_url + p for p in paths]
 
 
 def render(info: AddinInfo) -> bytes:
