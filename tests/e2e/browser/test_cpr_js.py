@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.policy.dlp.cpr import find_cpr_numbers
 from tests.e2e.browser.conftest import Browser, screenshot
+from tests.support.corpus import LOOKALIKES, POSITIVES
 from tests.support.daemon import Daemon
 
 TODAY = "2025-06-15"
@@ -55,3 +57,15 @@ def test_cpr_rule(cpr_page):
 def test_masking_never_shows_the_serial(cpr_page):
     found = cpr_page.evaluate("SendSikkertCpr.findAll('CPR 220910-1234')")
     assert found == [{"start": 4, "end": 15, "masked": "220910-XXXX"}]
+
+
+def test_the_add_in_and_the_gateway_find_the_same_numbers(cpr_page):
+    """cpr.js against the gateway's own rule, on the DLP corpus's numbers and look-alikes."""
+    texts = [text for text, _ in CASES] + list(LOOKALIKES)
+    texts += [f"Vedr. Bente Jensen {number}, bolig 127" for number in POSITIVES]
+    texts += [f"x{number}" for number in POSITIVES] + [f"{number}7" for number in POSITIVES]
+    found = cpr_page.evaluate("""texts => texts.map(text =>
+        SendSikkertCpr.findAll(text).map(f => [f.start, f.end, f.masked]))""", texts)
+    gateway = [[[m.start, m.end, m.masked] for m in find_cpr_numbers(t)] for t in texts]
+    assert found == gateway
+    assert sum(map(len, found)) >= len(POSITIVES) + 10  # the comparison is not vacuous
