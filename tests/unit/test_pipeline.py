@@ -165,6 +165,9 @@ async def test_the_first_attempt_decides_and_records(tmp_path):
     assert env.dlp == DlpOutcome("secure", (("body", ""),))
     assert transport.levels == {} and len(queued) == 1  # no department in this policy: DSN
     assert Envelope.from_json(env.to_json()).dlp == env.dlp
+    old = env.to_json()
+    del old["dlp"]  # a record written before the field existed: scanned when next due
+    assert Envelope.from_json(old).dlp is None
 
 
 class BrokenReplies(FileReplyMap):

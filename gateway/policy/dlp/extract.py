@@ -145,7 +145,9 @@ class _Walker:
             out.gap("limit", name, f"nested more than {out.limits.max_depth} levels deep")
             return
         head, body = split_entity(data)
-        headers = parse_headers(head)
+        # Only the Content-* fields matter here; parsing the rest would cost for nothing.
+        headers = parse_headers(b"".join(f.raw for f in rawmail.parse_fields(head)
+                                         if f.name.lower().startswith("content-")))
         ctype = headers.get_content_type()
         filename = _filename(headers)
         if filename or (where == "body" and _is_attachment(headers, ctype)):
@@ -265,10 +267,8 @@ class _Walker:
 
 def _filename(headers: Message) -> str:
     """The part's file name (Content-Disposition, else Content-Type name), decoded."""
-    value = headers.get_filename() or headers.get_param("name") or ""
-    if isinstance(value, tuple):  # an RFC 2231 value the parser left undecoded
-        value = value[2] or ""
-    return rawmail.decode_words(str(value)).strip()
+    value = headers.get_filename() or ""  # RFC 2231 continuations and charsets decoded
+    return rawmail.decode_words(value).strip()
 
 
 def _is_attachment(headers: Message, ctype: str) -> bool:
