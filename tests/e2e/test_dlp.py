@@ -227,3 +227,23 @@ def test_scan_command_exit_codes(config, daemons, tmp_path):
     missing = scan(str(found), str(tmp_path / "findes-ikke.eml"))
     assert missing.returncode == EXIT_UNREADABLE and "findes-ikke.eml" in missing.stderr
     assert scan().returncode == EXIT_UNREADABLE  # usage: no file
+
+
+def test_mail_from_outside_is_never_scanned(config, daemons):
+    config.relay_networks = ["127.0.0.1/32"]
+    config.extra = (f'[dlp]\ncpr = "secure"\n\n[inbound]\nenabled = true\n'
+                    f'harvest = "{config.root / "learnt"}"\n')
+    gateway = Daemon(config)
+    daemons.append(gateway)
+    gateway.start()
+    from_partner = care_mail([INTERNAL], subject="Fra partneren")
+    gateway.send("ole@partner.dk", [INTERNAL], from_partner, source="127.0.0.9")
+    gateway.wait_outbox(1)
+    gateway.wait_queue_empty()
+    assert gateway.metric("sendsikkert_dlp_scan_seconds_count") == 0  # not even looked at
+    gateway.send("lela@brondby.dk", [INTERNAL], care_mail([INTERNAL]))  # from inside
+    gateway.wait_outbox(2)
+    gateway.wait_queue_empty()
+    assert gateway.metric("sendsikkert_dlp_scan_seconds_count") == 1
+    assert gateway.metric("sendsikkert_dlp_findings_total", where="attachment",
+                          action="secure") == 1  # counted; internal mail goes as usual
