@@ -247,3 +247,15 @@ def test_mail_from_outside_is_never_scanned(config, daemons):
     assert gateway.metric("sendsikkert_dlp_scan_seconds_count") == 1
     assert gateway.metric("sendsikkert_dlp_findings_total", where="attachment",
                           action="secure") == 1  # counted; internal mail goes as usual
+
+
+def test_a_large_mail_is_scanned_in_a_worker_process(config, daemons):
+    gateway = start(config, daemons, "block")
+    photo = bytes(range(256)) * 1200  # 300 KiB: past the size scanned in a thread
+    letter = documents.docx_runs("Bente ", "2209", "10-12", "30")
+    data = documents.mail("Se bilag", to=UNSAFE, attachments=[
+        ("foto.png", "image/png", photo), ("notat.docx", documents.DOCX_TYPE, letter)])
+    assert len(data) > 256 * 1024
+    gateway.send("lela@brondby.dk", [UNSAFE], data)
+    [out] = gateway.wait_outbox(1, timeout=60)
+    assert "den vedhæftede fil »notat.docx«" in dsn_text(parse(out))
