@@ -47,10 +47,6 @@ class Unreadable(Exception):
     """The document is damaged or not what it claims to be."""
 
 
-class TooLarge(Exception):
-    """Reading on would pass a limit."""
-
-
 def is_pdf(data: bytes) -> bool:
     return b"%PDF-" in data[:1024]
 
