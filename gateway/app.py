@@ -75,7 +75,7 @@ async def load_policy(config: Config, with_departments: bool = True,
     if with_departments:
         departments = await asyncio.to_thread(load_departments, config.departments,
                                               str(config.path))
-    learnt = open_store(config)
+    learnt = open_store(config, database)
     directory = open_directory(config.directory, config_file=config.path, learnt=learnt)
     transport = open_transport_security(config, mta_sts_store(database))
     classifier = Classifier(config.organisation.internal_domains, sepo, directory,
@@ -86,7 +86,7 @@ async def load_policy(config: Config, with_departments: bool = True,
         [KeyHolder(d.id, d.certificate, d.key) for d in departments], validator,
         Learner(learnt, validator) if learnt is not None and validator is not None else None,
         decrypt=config.inbound.decrypt, tag_header=config.tags.header)
-    policy = Policy(classifier, departments, receiver, open_reply_map(config))
+    policy = Policy(classifier, departments, receiver, open_reply_map(config, database))
     return LoadedPolicy(policy, sepo, directory, transport)
 
 

@@ -91,24 +91,26 @@ async def check(config: Config, addresses: list[str], as_json: bool) -> int:
 
 async def certs_import(config: Config, files: list[Path]) -> int:
     """Validate each certificate as a directory certificate and add it to the learnt store."""
-    store = open_store(config)
-    if store is None or config.directory.backend is None:
+    if config.inbound.harvest is None or config.directory.backend is None:
         print("send-sikkert: certs import needs inbound.harvest (the store of learnt "
               "certificates) and a [directory] with trust_anchors", file=sys.stderr)
         return EXIT_USAGE
-    validator = open_validator(config.directory, config.path)
-    learner = Learner(store, validator)
-    refused = 0
-    try:
-        for path in files:
-            refused += await _import_file(learner, path)
-    except DirectoryUnavailable as e:  # the store cannot be written
-        print(f"send-sikkert: {e}", file=sys.stderr)
-        return EXIT_UNSAFE
-    finally:
-        if validator.crls is not None:
-            await validator.crls.close()
-        validator.close()
+    async with connected(config) as database:
+        store = open_store(config, database)
+        assert store is not None
+        validator = open_validator(config.directory, config.path)
+        learner = Learner(store, validator)
+        refused = 0
+        try:
+            for path in files:
+                refused += await _import_file(learner, path)
+        except DirectoryUnavailable as e:  # the store cannot be written
+            print(f"send-sikkert: {e}", file=sys.stderr)
+            return EXIT_UNSAFE
+        finally:
+            if validator.crls is not None:
+                await validator.crls.close()
+            validator.close()
     return EXIT_UNSAFE if refused else EXIT_OK
 
 

@@ -22,6 +22,8 @@ from gateway.secret import read_secret
 if TYPE_CHECKING:
     from gateway.cluster.database import Database
     from gateway.delivery.mtasts import PolicyStore
+    from gateway.directory.learnt import LearntStore
+    from gateway.inbound.replies import ReplyMap
 
 
 class DatabaseUnavailable(Exception):
@@ -74,3 +76,17 @@ def mta_sts_store(database: Database | None) -> PolicyStore | None:
     from gateway.cluster.mtasts import DatabasePolicyStore
 
     return DatabasePolicyStore(database)
+
+
+def learnt_store(database: Database) -> LearntStore:
+    """The learnt certificates in the database, instead of the `inbound.harvest` folder."""
+    from gateway.cluster.certificates import DatabaseLearntStore
+
+    return DatabaseLearntStore(database)
+
+
+def reply_map(database: Database, retention: float) -> ReplyMap:
+    """The reply-routing map in the database, instead of the `inbound.reply_map` folder."""
+    from gateway.cluster.replies import DatabaseReplyMap
+
+    return DatabaseReplyMap(database, retention)

@@ -51,6 +51,33 @@ MIGRATIONS: tuple[Migration, ...] = (
             saved_by text NOT NULL
         )""",
     )),
+    Migration(2, "learnt certificates", (
+        # One row per address and certificate (its SHA-256), the CA certificates that came
+        # with it for path building, and what an operator needs to read and prune it.
+        """CREATE TABLE learnt_certificates (
+            address text NOT NULL,
+            fingerprint bytea NOT NULL,
+            certificate bytea NOT NULL,
+            chain bytea[] NOT NULL,
+            subject text NOT NULL,
+            serial text NOT NULL,
+            not_after timestamptz NOT NULL,
+            note text NOT NULL,
+            learnt_at timestamptz NOT NULL DEFAULT now(),
+            learnt_by text NOT NULL,
+            PRIMARY KEY (address, fingerprint)
+        )""",
+    )),
+    Migration(3, "reply-routing map", (
+        # The SHA-256 of a secure mail's Message-ID (never the identifier) -> its sender.
+        """CREATE TABLE reply_routes (
+            message_key bytea PRIMARY KEY,
+            sender text NOT NULL,
+            department text NOT NULL,
+            sent_at timestamptz NOT NULL
+        )""",
+        "CREATE INDEX reply_routes_sent_at ON reply_routes (sent_at)",
+    )),
 )
 
 

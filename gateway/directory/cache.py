@@ -3,7 +3,8 @@
 A found set lives `ttl` seconds, a "nothing published" answer `negative_ttl` seconds (a
 recipient who publishes a certificate later is picked up that much later). The cache holds
 at most `max_size` addresses and drops the least recently used first. Failures are never
-stored: they are exceptions and never reach put(). clear() is for SIGHUP.
+stored: they are exceptions and never reach put(). clear() is for SIGHUP, forget() for an
+address whose answer has just changed.
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ class LookupCache:
         self._entries.move_to_end(address)
         while len(self._entries) > self._max_size:
             self._entries.popitem(last=False)
+
+    def forget(self, address: str) -> None:
+        """Drop one address's answer, which has just changed."""
+        self._entries.pop(address, None)
 
     def clear(self) -> None:
         self._entries.clear()

@@ -29,12 +29,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import quote
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from gateway.cluster import learnt_store
 from gateway.config import Config
 from gateway.directory import CertificateSource, DirectoryUnavailable
 from gateway.directory.validate import (
@@ -46,6 +47,9 @@ from gateway.directory.validate import (
 )
 from gateway.model import RecipientClass
 from gateway.observe import metrics
+
+if TYPE_CHECKING:
+    from gateway.cluster.database import Database
 
 log = logging.getLogger(__name__)
 
@@ -135,10 +139,12 @@ def _is_ca_der(der: bytes) -> bool:
         return False
 
 
-def open_store(config: Config) -> LearntStore | None:
-    """The store `inbound.harvest` names; None when learning is off."""
+def open_store(config: Config, database: Database | None = None) -> LearntStore | None:
+    """The store `inbound.harvest` names, in `database` for a cluster; None: learning is off."""
     if config.inbound.harvest is None:
         return None
+    if database is not None:
+        return learnt_store(database)
     return FileStore(config.inbound.harvest)
 
 

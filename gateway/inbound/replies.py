@@ -26,12 +26,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from gateway.cluster import reply_map
 from gateway.config import Config
 from gateway.inbound.receive import DECRYPTED, Inbound
 from gateway.policy.address import domain_matches, domain_of
 from gateway.policy.departments import Department
+
+if TYPE_CHECKING:
+    from gateway.cluster.database import Database
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +100,16 @@ def message_key(message_id: str) -> str:
     return message_id.strip().removeprefix("<").removesuffix(">").strip()
 
 
-def open_reply_map(config: Config) -> ReplyMap | None:
-    """The map `inbound.reply_map` names; None when no department routes replies."""
+def message_digest(message_id: str) -> bytes:
+    """What is kept of a Message-ID: the SHA-256 of its message_key(), never the identifier."""
+    return hashlib.sha256(message_key(message_id).encode("utf-8", "replace")).digest()
+
+
+def open_reply_map(config: Config, database: Database | None = None) -> ReplyMap | None:
+    """The map `inbound.reply_map` names, or the one in `database` for a cluster; None when
+    no department routes replies."""
+    if database is not None and any(d.replies == "department" for d in config.departments):
+        return reply_map(database, config.inbound.reply_retention)
     if config.inbound.reply_map is None:
         return None
     return FileReplyMap(config.inbound.reply_map, config.inbound.reply_retention)
@@ -113,7 +125,7 @@ class FileReplyMap:
         self.clock = clock
 
     def _path(self, message_id: str) -> Path:
-        digest = hashlib.sha256(message_key(message_id).encode("utf-8", "replace")).hexdigest()
+        digest = message_digest(message_id).hex()
         return self.root / digest[:2] / f"{digest}.json"
 
     async def remember(self, message_id: str, sent: Sent) -> None:

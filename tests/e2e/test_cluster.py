@@ -2,9 +2,12 @@
 
 The scenarios an operator of a shared service cares about, in the order they run (they
 share one cluster, started once, and each leaves it whole): mail through the balancer
-reaches the sinks and is spread over the nodes; a node killed with SIGKILL under load
-loses nothing, its queue going out when it comes back; the database stopped and started
-again stops nothing that does not need it and heals by itself.
+reaches the sinks and is spread over the nodes; a partner's certificate learnt on one
+node is used by another, and the partner's reply reaching a third finds the person; a
+certificate imported on one node counts on all; a
+node killed with SIGKILL under load loses nothing, its queue going out when it comes
+back; the database stopped and started again stops nothing that does not need it, holds
+what does, and heals by itself. Tests that must pick a node talk to it directly.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import email
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiosmtplib
@@ -21,13 +24,22 @@ import pytest_asyncio
 
 from tests.support.cluster import Cluster
 from tests.support.daemon import Daemon
+from tests.support.partner import Partner, crlf, text_entity
 from tests.support.pki import CA
 from tests.support.postgres import Postgres
-from tests.support.sink import SmtpSink
+from tests.support.sink import Received, SmtpSink
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 EXCHANGE = "127.0.0.5"  # the smarthost client, in relay_networks
+PARTNER = "127.0.0.7"  # a partner's mail server on the Internet, outside relay_networks
+DEPARTMENT = "aeldreomsorg@brondby.dk"
+EXIT_OK, EXIT_TEMPFAIL = 0, 75
+INBOUND = """
+[inbound]
+enabled = true
+harvest = "learnt"
+"""
 SINKS = "127.0.14.1"  # an address of their own: nothing else on the machine delivers here
 READY = 200
 REFUSE_FOR_NOW = "451 4.3.0 Not now"
@@ -41,6 +53,15 @@ def message(n: int, tag: str) -> bytes:
 
 def message_ids(sink: SmtpSink) -> set[str]:
     return {str(email.message_from_bytes(m.content)["Message-ID"]) for m in sink.messages}
+
+
+def by_subject(sink: SmtpSink, subject: str) -> Received | None:
+    return next((m for m in sink.messages if m.message["Subject"] == subject), None)
+
+
+def smime(node: Daemon, address: str) -> bool:
+    status, body = node.http(f"/api/check?address={address}")
+    return status == READY and body["results"][0]["class"] == "smime"
 
 
 async def send(cluster: Cluster, n: int, tag: str) -> str:
@@ -105,7 +126,8 @@ async def cluster(tmp_path_factory: pytest.TempPathFactory, ca: CA, private_pg: 
                   outside: SmtpSink, internal: SmtpSink) -> AsyncIterator[Cluster]:
     root: Path = tmp_path_factory.mktemp("cluster")
     nodes = Cluster(root, ca, private_pg,
-                    {"internal": internal.route, "default": outside.route})
+                    {"internal": internal.route, "default": outside.route},
+                    relay_networks=[f"{EXCHANGE}/32"], extra=INBOUND, replies="department")
     try:
         await asyncio.to_thread(nodes.start)
         yield nodes
@@ -121,6 +143,68 @@ async def test_mail_through_the_balancer_reaches_the_sinks_from_every_node(
     assert all(c > 0 for c in counts), counts  # round robin: every node took its share
     for node in cluster.nodes:  # and each knows the client behind the balancer
         assert f"client={EXCHANGE}" in node.logs()
+
+
+@pytest.fixture(scope="module")
+def ole(tmp_path_factory: pytest.TempPathFactory, ca: CA) -> Iterator[Partner]:
+    """Ole at a partner, in no directory, with a certificate from a CA the nodes trust."""
+    partner = Partner(tmp_path_factory.mktemp("ole"), ca.issue("ole@partner.dk"), ca)
+    yield partner
+    partner.close()
+
+
+async def test_what_one_node_learns_another_uses_and_a_reply_finds_its_person(
+        cluster: Cluster, outside: SmtpSink, internal: SmtpSink, ole: Partner):
+    first, second, third = cluster.nodes
+    # Ole writes to Lene, signed; his mail server happens to reach the first node.
+    question = ole.mail(ole.sign(text_entity("Hvordan har min mor det?\n")),
+                        to="lela@brondby.dk", subject="Min mor")
+    await asyncio.to_thread(first.send, ole.address, ["lela@brondby.dk"], question,
+                            source=PARTNER)
+    await eventually(lambda: by_subject(internal, "Min mor") is not None, 30, "delivered")
+    assert first.metric("sendsikkert_certificates_learnt_total", source="signature") == 1
+    # The second node knows Ole's certificate within seconds, in the daemon and in a
+    # `check` process of its own.
+    await eventually(lambda: smime(second, ole.address), 15, "the second node sees it")
+    done = await asyncio.to_thread(second.cli, "check", ole.address)
+    assert done.returncode == EXIT_OK and "(learnt)" in done.stdout
+
+    # Lene answers with "Send Sikkert" through the third node: encrypted to Ole.
+    answer = (b"From: Lene Larsen <lela@brondby.dk>\r\nTo: ole@partner.dk\r\n"
+              b"Subject: Sv: Min mor\r\nMessage-ID: <svar-1@brondby.dk>\r\n"
+              b"X-Send-Sikkert: aeldreomsorg\r\n\r\nHun har det godt.\r\n")
+    await asyncio.to_thread(third.send, "lela@brondby.dk", [ole.address], answer,
+                            source=EXCHANGE)
+    await eventually(lambda: by_subject(outside, "Sv: Min mor") is not None, 30, "sent")
+    sent = by_subject(outside, "Sv: Min mor")
+    assert sent is not None and sent.message.get_content_type() == "application/pkcs7-mime"
+    assert sent.message["Reply-To"].addresses[0].addr_spec == DEPARTMENT
+    signed = ole.openssl("-decrypt", "-recip", ole.cert, "-inkey", ole.key,
+                         data=crlf(sent.content))
+    assert b"Hun har det godt." in signed
+
+    # Ole's encrypted reply to the department reaches the second node: it goes to Lene.
+    department = first.config.department.cert
+    reply = ole.mail(ole.encrypt(ole.sign(text_entity("Tak for svaret.\n")), [department]),
+                     to=DEPARTMENT, subject="Sv: Sv: Min mor", in_reply_to="<svar-1@brondby.dk>")
+    await asyncio.to_thread(second.send, ole.address, [DEPARTMENT], reply, source=PARTNER)
+    await eventually(lambda: by_subject(internal, "Sv: Sv: Min mor") is not None, 30,
+                     "the reply delivered")
+    routed = by_subject(internal, "Sv: Sv: Min mor")
+    assert routed is not None and routed.rcpt_tos == ["lela@brondby.dk"]
+    assert routed.message["X-Send-Sikkert-Received"].startswith("decrypted=aeldreomsorg")
+    assert "Tak for svaret." in routed.content.decode()
+
+
+async def test_a_certificate_imported_on_one_node_counts_on_every_node(
+        cluster: Cluster, ca: CA, tmp_path: Path):
+    kim = tmp_path / "kim.pem"
+    ca.issue("kim@partner.dk").write(kim, with_chain=False)
+    done = await asyncio.to_thread(cluster.nodes[2].cli, "certs", "import", str(kim))
+    assert done.returncode == EXIT_OK, done.stderr
+    for node in cluster.nodes:
+        await eventually(lambda node=node: smime(node, "kim@partner.dk"), 15,
+                         f"{node.config.root.name} sees the imported certificate")
 
 
 async def test_a_node_killed_under_load_loses_nothing(cluster: Cluster, outside: SmtpSink):
@@ -146,12 +230,25 @@ async def test_a_node_killed_under_load_loses_nothing(cluster: Cluster, outside:
     assert "picked up" in cluster.nodes[1].logs()
 
 
-async def test_without_the_database_mail_that_needs_nothing_shared_flows(
-        cluster: Cluster, outside: SmtpSink, private_pg: Postgres):
+async def test_without_the_database_what_needs_it_waits_and_the_rest_flows(
+        cluster: Cluster, outside: SmtpSink, private_pg: Postgres, ole: Partner):
     await asyncio.to_thread(private_pg.stop)
+    secure = (b"From: Lene Larsen <lela@brondby.dk>\r\nTo: ole@partner.dk\r\n"
+              b"Subject: Sv: Igen\r\nMessage-ID: <svar-2@brondby.dk>\r\n"
+              b"X-Send-Sikkert: aeldreomsorg\r\n\r\nOgsaa i dag.\r\n")
     try:
+        # Ole's certificate is only in the database: his mail waits, it never bounces.
+        # (The first node learnt it but never looked it up: it has no cached answer.)
+        waiting = cluster.nodes[0]
+        assert (await asyncio.to_thread(waiting.cli, "check", ole.address)).returncode == (
+            EXIT_TEMPFAIL)
+        await asyncio.to_thread(waiting.send, "lela@brondby.dk", [ole.address], secure,
+                                source=EXCHANGE)
         accepted = await send_many(cluster, 12, "nodb")
         await eventually(lambda: set(accepted) <= message_ids(outside), 30, "delivered")
+        await eventually(lambda: waiting.metric("sendsikkert_recipients_total", **{
+            "class": "unknown", "outcome": "deferred"}) >= 1, 20, "Ole's mail deferred")
+        assert by_subject(outside, "Sv: Igen") is None
         for node in cluster.nodes:
             status, body = await asyncio.to_thread(node.http, "/readyz")
             assert status == READY and "cluster database unreachable" in body["warnings"][0]
@@ -163,3 +260,7 @@ async def test_without_the_database_mail_that_needs_nothing_shared_flows(
     for node in cluster.nodes:
         await eventually(lambda node=node: "warnings" not in node.http("/readyz")[1], 20,
                          f"{node.config.root.name} healed")
+    # Healed: the mail that waited goes out, encrypted to Ole.
+    await eventually(lambda: by_subject(outside, "Sv: Igen") is not None, 30, "delivered")
+    held = by_subject(outside, "Sv: Igen")
+    assert held is not None and held.message.get_content_type() == "application/pkcs7-mime"

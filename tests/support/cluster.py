@@ -31,8 +31,10 @@ class Cluster:
     ca: CA
     pg: Postgres
     routes: dict[str, str]  # "internal", "default" -> route
+    relay_networks: list[str]
     size: int = 3
     extra: str = ""  # more configuration, the same on every node
+    replies: str = "person"  # the department's `replies`
     nodes: list[Daemon] = field(default_factory=list)
     balancer: HAProxy | None = None
 
@@ -50,7 +52,8 @@ class Cluster:
                 shutil.copytree(first.certs, config.certs, dirs_exist_ok=True)
             config.internal_route = self.routes["internal"]
             config.default_route = self.routes["default"]
-            config.relay_networks = ["127.0.0.0/8"]
+            config.relay_networks = self.relay_networks
+            config.replies = self.replies
             config.smtp_extra = f'proxy_protocol = true\ntrusted_proxies = ["{BALANCER}/32"]'
             config.extra = f"""
 {self.extra}

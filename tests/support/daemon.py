@@ -61,6 +61,7 @@ class GatewayConfig:
     extra: str = ""  # appended verbatim
     departments: str = ""  # "" writes the aeldreomsorg department
     https: bool = False  # [http.tls] with a certificate from `ca` for localhost and 127.0.0.1
+    replies: str = "person"  # that department's `replies`
 
     def __post_init__(self) -> None:
         self.outbox = self.root / "outbox"
@@ -111,6 +112,7 @@ key = "{self.certs / 'aeldreomsorg.key'}"
 stamp = "Sendt sikkert via Ældre og Omsorg"
 senders = ["*@brondby.dk"]
 default_for = ["*@brondby.dk"]
+replies = "{self.replies}"
 """
         https = (f'[http.tls]\ncert = "{self.certs / "https.pem"}"\n'
                  f'key = "{self.certs / "https.key"}"\n') if self.https else ""
