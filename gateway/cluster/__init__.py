@@ -53,7 +53,7 @@ def open_database(config: Config) -> Database | None:
 
 @contextlib.asynccontextmanager
 async def connected(config: Config) -> AsyncIterator[Database | None]:
-    """For a command (`check`): the database, given its timeout to connect and migrate.
+    """For a command (`check`, `certs import`): the database, given its timeout to connect.
 
     Past it the command goes on, and what needs the database answers unknown.
     """
