@@ -6,16 +6,21 @@ recipient queued for a retry; a PermanentError (5xx) ends in a bounce.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
 class Reply:
-    """One SMTP reply: code, enhanced status and text."""
+    """One SMTP reply: code, enhanced status and text.
+
+    `remote` is true for a reply an SMTP server gave (its Diagnostic-Code is `smtp;`),
+    false for one the gateway made itself (a connection failure, a file written).
+    """
 
     code: int
     status: str
     text: str
+    remote: bool = field(default=False, compare=False)
 
     def __str__(self) -> str:
         return f"{self.code} {self.status} {self.text}"

@@ -22,7 +22,7 @@ from email.utils import getaddresses
 from cryptography import x509
 
 from gateway import rawmail
-from gateway.bounce.dsn import Notice
+from gateway.bounce.dsn import Kind, Notice
 from gateway.bounce.report import spool_dsn
 from gateway.config import Config
 from gateway.delivery import Rcpt, Result, Route, TlsPolicy, Transport, parse_route
@@ -40,6 +40,7 @@ from gateway.policy.routing import Routing
 from gateway.policy.tags import read_tags, resolve_department
 from gateway.spool.store import Spool, SpoolError
 from gateway.transform.headers import outgoing
+from gateway.transform.mime import MimeLimitError
 from gateway.transform.secure import protect
 
 log = logging.getLogger(__name__)
@@ -316,6 +317,10 @@ class Pipeline:
                 try:
                     job.data = await asyncio.to_thread(protect, stripped, department,
                                                        job.certificates)
+                except MimeLimitError as e:  # it never will be: bounce now, not at max_age
+                    for r in job.recipients:
+                        notices.append(self._bounce(env, r, "5.6.0", str(e), "structure"))
+                    continue
                 except Exception as e:  # a bug or bad input must never send it unprotected
                     log.exception("%s: S/MIME protection failed", env.id)
                     for r in job.recipients:
@@ -366,7 +371,7 @@ class Pipeline:
             if reply.code < 300:
                 r.state, r.last_error, r.status = State.DELIVERED, "", "2.0.0"
                 r.attempts += 1
-                r.diagnostic = f"smtp; {reply}"
+                r.diagnostic = _diagnostic(reply)
                 metrics.recipients.labels(**{"class": label, "outcome": "delivered"}).inc()
                 self._log("delivered", env, r, reply, result)
                 if r.wants("SUCCESS") and r.address not in result.dsn_relayed:
@@ -376,7 +381,8 @@ class Pipeline:
                                           status="2.0.0", diagnostic=r.diagnostic,
                                           kind=action))
             elif reply.permanent:
-                notices.append(self._bounce(env, r, reply.status, str(reply), "rejected",
+                kind = _KIND_BY_STATUS.get(reply.status, "rejected")
+                notices.append(self._bounce(env, r, reply.status, str(reply), kind,
                                             hop=result, reply=reply))
             else:
                 self._defer(env, r, reply, hop=result)
@@ -396,7 +402,7 @@ class Pipeline:
         """Final failure: our `reason`, or the `reply` of the next hop in `hop`."""
         r.state, r.status, r.last_error = State.BOUNCED, status, reason
         r.attempts += 1
-        r.diagnostic = f"smtp; {reply}" if reply else f"x-send-sikkert; {reason}"
+        r.diagnostic = _diagnostic(reply) if reply else f"x-send-sikkert; {reason}"
         metrics.recipients.labels(**{"class": r.cls or "plain", "outcome": "bounced"}).inc()
         self._log("bounced", env, r, reply or Reply(550, status, reason), hop)
         return Notice(address=r.address, orcpt=r.orcpt, action="failed", status=status,
@@ -431,7 +437,8 @@ class Pipeline:
                 notices.append(Notice(address=r.address, orcpt=r.orcpt, action="delayed",
                                        status=r.status or "4.0.0",
                                        diagnostic=f"x-send-sikkert; {r.last_error}",
-                                       kind="delayed"))
+                                       kind="delayed",
+                                       will_retry_until=env.received + queue.max_age))
 
     async def _report(self, env: Envelope, data: bytes, notices: Sequence[Notice]) -> None:
         """Queue one DSN per kind of news for the recipients that asked (RFC 3461 NOTIFY)."""
@@ -471,6 +478,15 @@ def tunnel_levels(config: Config) -> dict[str, TlsPolicy]:
         "mta_sts": TlsPolicy(level="mta-sts", ca_file=config.transport_security.ca_file,
                              min_version=min_tls),
     }
+
+
+# Our own permanent replies that the sender gets a text of their own for.
+_KIND_BY_STATUS: dict[str, Kind] = {"5.6.7": "smtputf8", "5.6.3": "conversion"}
+
+
+def _diagnostic(reply: Reply) -> str:
+    """RFC 3464 2.3.6: `smtp;` only for what an SMTP server said, ours are ours."""
+    return f"smtp; {reply}" if reply.remote else f"x-send-sikkert; {reply}"
 
 
 def _hop_domain(route: str, address: str) -> str:

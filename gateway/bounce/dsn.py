@@ -9,7 +9,12 @@ instead; a success is told plainly, with nothing to do. When the DLP scan stoppe
 untagged mail, it says where a CPR number was found (subject, body, the attachment's
 file name), never the number. The original body is never
 included, whatever RET asked for: it may hold the very data that could not be sent
-safely. Nor is the original subject.
+safely. Nor is the original subject. A delayed recipient's block says until when we
+keep trying (Will-Retry-Until, RFC 3464 2.3.9).
+
+RFC 6533: when an address in the report is a UTF-8 mailbox, or the original header
+section is UTF-8, the report parts are message/global-delivery-status (addresses of
+type `utf-8`) and message/global-headers, sent in 8bit, and the DSN needs SMTPUTF8.
 """
 
 from __future__ import annotations
@@ -29,8 +34,8 @@ from gateway.policy.dlp.cpr import contains_cpr, mask_text
 
 Kind = Literal["unsafe", "no_department", "sender_not_allowed", "cpr_in_subject", "rejected",
                "expired", "deleted", "delayed", "protect_failed", "delivered", "relayed",
-               "cpr_found", "cpr_blocked", "cpr_no_department",
-               "not_internal"]
+               "cpr_found", "cpr_blocked", "cpr_no_department", "not_internal",
+               "structure", "smtputf8", "conversion"]
 Action = Literal["failed", "delayed", "delivered", "relayed"]
 
 _END_OF_HEADERS = re.compile(rb"\r?\n\r?\n")
@@ -54,6 +59,7 @@ class Notice:
     kind: Kind
     # For the cpr_* kinds: (where, attachment name) of each place a CPR number was found.
     found_in: tuple[tuple[str, str], ...] = ()
+    will_retry_until: float | None = None  # for "delayed": when we give up (epoch seconds)
 
 
 @dataclass(frozen=True)
@@ -167,6 +173,23 @@ _DANISH = _Language(
             "Modtageren er ikke en af organisationens egne adresser, og post udefra "
             "afleveres kun til dem.",
             ("Kontrollér adressen, og send mailen igen.",)),
+        "structure": _Text(
+            "Mailen er bygget for indviklet op (for mange dele inden i hinanden, eller for "
+            "mange dele i alt) til, at den kan signeres og krypteres. Den er derfor ikke "
+            "sendt.",
+            ("Send indholdet i en enklere mail, fx med færre vedhæftede filer.",
+             "Kontakt IT, hvis mailen ikke kan gøres enklere.")),
+        "smtputf8": _Text(
+            "Modtagerens mailserver kan ikke modtage internationale mailadresser (med fx "
+            "æ, ø eller å), og mailen eller en af adresserne kræver det.",
+            ("Brug en adresse med kun bogstaverne a-z, hvis modtageren eller du har en.",
+             "Eller vælg en anden vej: Digital Post eller telefon.")),
+        "conversion": _Text(
+            "Modtagerens mailserver kan kun modtage 7-bit mail, og mailen har en signeret "
+            "del med 8-bit tekst. Den kan ikke omkodes uden at bryde signaturen, så den er "
+            "ikke sendt.",
+            ("Send mailen igen uden din egen digitale signatur.",
+             "Eller vælg en anden vej: Digital Post eller telefon.")),
         "delivered": _Text(
             "Du bad om besked, når mailen var afleveret. Det er den nu."),
         "relayed": _Text(
@@ -263,6 +286,23 @@ _ENGLISH = _Language(
             "The recipient is not one of the organisation's own addresses, and mail from "
             "outside is delivered to those only.",
             ("Check the address and send the message again.",)),
+        "structure": _Text(
+            "The message is built in too complex a way (too many parts inside each other, "
+            "or too many parts in all) to be signed and encrypted. It was therefore not "
+            "sent.",
+            ("Send the content in a simpler message, for example with fewer attachments.",
+             "Contact IT if the message cannot be made simpler.")),
+        "smtputf8": _Text(
+            "The recipient's mail server cannot take international e-mail addresses (with "
+            "letters such as æ, ø or å), which this message or one of its addresses needs.",
+            ("Use an address with only the letters a-z, if the recipient or you have one.",
+             "Or choose another way: Digital Post or telephone.")),
+        "conversion": _Text(
+            "The recipient's mail server takes only 7-bit mail, and the message has signed "
+            "content with 8-bit text. It cannot be converted without breaking the "
+            "signature, so it was not sent.",
+            ("Send the message again without your own digital signature.",
+             "Or choose another way: Digital Post or telephone.")),
         "delivered": _Text(
             "You asked to be told when the message was delivered. It now has been."),
         "relayed": _Text(
@@ -277,7 +317,8 @@ _ENGLISH = _Language(
 )
 
 # Kinds whose diagnostic tells the sender something the general text does not.
-_DETAILED = ("unsafe", "rejected", "expired", "delayed", "protect_failed", "cpr_found")
+_DETAILED = ("unsafe", "rejected", "expired", "delayed", "protect_failed", "cpr_found",
+             "structure", "smtputf8", "conversion")
 # The gravest news first: the order of the human part's sections and of the subject's choice.
 _ACTIONS: tuple[Action, ...] = ("failed", "delayed", "relayed", "delivered")
 _SUCCESS = ("delivered", "relayed")
@@ -297,6 +338,10 @@ _SUBJECTS = {
                    "message",
     "cpr_no_department": "Ikke afleveret: CPR-nummer i mailen / Undeliverable: CPR number in "
                          "the message",
+    "structure": "Ikke afleveret: mailen er for indviklet / Undeliverable: message too complex",
+    "smtputf8": "Ikke afleveret: international adresse / Undeliverable: UTF-8 address not "
+                "supported",
+    "conversion": "Ikke afleveret: kan ikke omkodes / Undeliverable: cannot be converted",
     "delayed": "Forsinket: mailen er endnu ikke afleveret / Delayed: message not yet delivered",
     "relayed": "Sendt videre / Relayed",
     "delivered": "Afleveret / Delivered",
@@ -306,9 +351,13 @@ _SUBJECT_OTHER = "Ikke afleveret / Undeliverable: delivery failed"
 
 def build_dsn(*, hostname: str, organisation: str, queue_id: str, arrival: float, sender: str,
               original_headers: bytes, notices: Sequence[Notice], envid: str = "") -> bytes:
-    """The whole DSN message (CRLF line endings); the caller sends it from the null sender."""
+    """The whole DSN message (CRLF line endings); the caller sends it from the null sender.
+
+    With `is_global` true for its arguments, it must travel with SMTPUTF8.
+    """
     if not notices:
         raise ValueError("a DSN needs at least one notice")
+    utf8 = is_global(sender, original_headers, notices)
     boundary = "=_" + secrets.token_hex(16)  # "=_" cannot occur in quoted-printable text
     head = [
         "From: Mail Delivery System <MAILER-DAEMON@" + hostname + ">",
@@ -329,13 +378,29 @@ def build_dsn(*, hostname: str, organisation: str, queue_id: str, arrival: float
          "Content-Transfer-Encoding: quoted-printable",
          "Content-Description: Notification", "",
          quopri.encodestring(text.encode("utf-8")).decode("ascii")],
-        _part("message/delivery-status", "Delivery report",
-              _status_fields(hostname, queue_id, arrival, notices, envid)),
-        _part("text/rfc822-headers", "Headers of the message", _headers_only(original_headers)),
+        _part("message/global-delivery-status" if utf8 else "message/delivery-status",
+              "Delivery report", _status_fields(hostname, queue_id, arrival, notices, envid)),
+        _part("message/global-headers" if utf8 else "text/rfc822-headers",
+              "Headers of the message", _headers_only(original_headers)),
     ]
     lines = head + [line for part in parts for line in [f"--{boundary}", *part]]
     lines += [f"--{boundary}--", ""]
     return _crlf("\n".join(lines)).encode("utf-8", "surrogateescape")
+
+
+def is_global(sender: str, original_headers: bytes, notices: Sequence[Notice]) -> bool:
+    """Whether the report needs RFC 6533's global types: a UTF-8 address in it, or an
+    original header section in UTF-8 (8-bit headers in another charset stay text)."""
+    addresses = [sender, *(n.address for n in notices), *(n.orcpt for n in notices)]
+    if not all(a.isascii() for a in addresses):
+        return True
+    m = _END_OF_HEADERS.search(original_headers)
+    head = original_headers[: m.start()] if m else original_headers
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return not head.isascii()
 
 
 def _subject(notices: Sequence[Notice]) -> str:
@@ -405,7 +470,8 @@ def _status_fields(hostname: str, queue_id: str, arrival: float, notices: Sequen
             if not address:
                 kind, address = "rfc822", n.orcpt
             block.append(f"Original-Recipient: {kind.strip()}; {_line(_unxtext(address.strip()))}")
-        block += [f"Final-Recipient: rfc822; {_line(n.address)}",
+        address_type = "rfc822" if n.address.isascii() else "utf-8"  # RFC 6533 3
+        block += [f"Final-Recipient: {address_type}; {_line(n.address)}",
                   f"Action: {n.action}",
                   f"Status: {n.status}"]
         diagnostic = _line(n.diagnostic)
@@ -413,6 +479,9 @@ def _status_fields(hostname: str, queue_id: str, arrival: float, notices: Sequen
             if not _DIAGNOSTIC_TYPE.match(diagnostic):
                 diagnostic = f"x-send-sikkert; {diagnostic}"
             block += _wrap(f"Diagnostic-Code: {diagnostic}", rest=" ")
+        if n.will_retry_until is not None:
+            block.append("Will-Retry-Until: "
+                         + email.utils.formatdate(n.will_retry_until, localtime=True))
         blocks.append(block)
     return "\n\n".join("\n".join(block) for block in blocks)
 

@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 
 from gateway import rawmail
-from gateway.bounce.dsn import Notice, build_dsn
+from gateway.bounce.dsn import Notice, build_dsn, is_global
 from gateway.config import Config
 from gateway.model import Envelope, RecipientState
 from gateway.observe import maillog, metrics
@@ -25,12 +25,12 @@ async def spool_dsn(spool: Spool, config: Config, env: Envelope, data: bytes,
     if not env.sender:
         log.warning("%s: no DSN for a message with the null sender", env.id)
         return None
+    headers = rawmail.header_block(data)
     report = build_dsn(hostname=config.smtp.hostname, organisation=config.organisation.name,
                        queue_id=env.id, arrival=env.received, sender=env.sender,
-                       original_headers=rawmail.header_block(data), notices=notices,
-                       envid=env.envid)
+                       original_headers=headers, notices=notices, envid=env.envid)
     dsn = Envelope(id=new_id(), sender="", recipients=[RecipientState(env.sender)],
-                   received=time.time())
+                   received=time.time(), smtputf8=is_global(env.sender, headers, notices))
     await spool.put(dsn, report)
     metrics.dsn_sent.labels(action=notices[0].action).inc()
     maillog.dsn(env.id, dsn_id=dsn.id, action=notices[0].action, recipient=env.sender)

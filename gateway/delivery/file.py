@@ -9,12 +9,15 @@ This is final delivery ("delivered" in RFC 3461 6.2), so no address is `dsn_rela
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from gateway.delivery import Rcpt, Result, Route, TlsPolicy, same_reply
 from gateway.errors import Reply
+
+log = logging.getLogger(__name__)
 
 
 class FileTransport:
@@ -30,8 +33,12 @@ class FileTransport:
             path = await asyncio.to_thread(write_message, route.path, queue_id, sender,
                                            [r.address for r in rcpts], data)
         except OSError as e:
-            return same_reply(rcpts, Reply(451, "4.3.0", f"cannot write to {route.path}: {e}"))
-        return same_reply(rcpts, Reply(250, "2.0.0", f"written to {path}"), peer=str(path))
+            log.error("%s: cannot write to %s: %s", queue_id, route.path, e)
+            return same_reply(rcpts, Reply(451, "4.3.0", "cannot write to the mail folder: "
+                                                         f"{e.strerror or type(e).__name__}"))
+        # The path is for the log (peer), never for the sender's DSN.
+        return same_reply(rcpts, Reply(250, "2.0.0", "delivered to a mail folder"),
+                          peer=str(path))
 
 
 def write_message(folder: Path, queue_id: str, sender: str, recipients: Sequence[str],

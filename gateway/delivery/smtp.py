@@ -94,7 +94,7 @@ def server_reply(code: int, message: str) -> Reply:
             line = line[m.end():]
         if line.strip():
             texts.append(line.strip())
-    return Reply(code, status or f"{code // 100}.0.0", " ".join(texts))
+    return Reply(code, status or f"{code // 100}.0.0", " ".join(texts), remote=True)
 
 
 def xtext(value: str) -> str:

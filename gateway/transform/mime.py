@@ -4,6 +4,11 @@ The `email` package is used only to read header values (RFC 2045 parameters, RFC
 continuations); bodies are cut at the delimiters of RFC 2046 5.1.1 and copied as they
 are, so that untouched parts and attachments keep every byte through signing (RFC 8551
 3.1.1 canonical form: CRLF line ends).
+
+`walk` visits every entity of a message without recursion and holds the structure
+limits: at most MAX_DEPTH levels of multipart and message/rfc822 nesting (Postfix's
+mime_nesting_limit) and MAX_PARTS entities. A message past them can never be changed
+(stamped, signed, converted), so it is refused outright, never retried.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from __future__ import annotations
 import base64
 import re
 import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
 from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
@@ -19,6 +26,22 @@ from gateway import rawmail
 
 CRLF = b"\r\n"
 _BARE_LINE_END = re.compile(rb"\r?\n")
+MAX_DEPTH = 100  # nesting levels (Postfix mime_nesting_limit)
+MAX_PARTS = 1000  # entities in one message, the message itself included
+
+
+class MimeLimitError(ValueError):
+    """The message nests deeper or holds more parts than the gateway will change."""
+
+
+@dataclass(frozen=True)
+class Part:
+    """One entity found by `walk`: its header block, and where its body lies in the data."""
+
+    depth: int  # 0 for the message itself
+    head: bytes
+    body_start: int
+    body_end: int
 
 
 def canonical(data: bytes) -> bytes:
@@ -106,3 +129,64 @@ def base64_body(data: bytes) -> bytes:
     """`data` in base64, in lines of 76 characters ending in CRLF (RFC 2045 6.8)."""
     encoded = base64.b64encode(data)
     return b"".join(encoded[i:i + 76] + CRLF for i in range(0, len(encoded), 76))
+
+
+def check_limits(data: bytes) -> None:
+    """MimeLimitError when the message is past the structure limits."""
+    for _ in walk(data):
+        pass
+
+
+def walk(data: bytes, max_depth: int = MAX_DEPTH, max_parts: int = MAX_PARTS) -> Iterator[Part]:
+    """Every entity of a message, parents before their parts; MimeLimitError past a limit.
+
+    Works on offsets into `data`, so deep nesting copies nothing and uses no recursion.
+    """
+    stack = [(0, 0, len(data))]
+    count = 0
+    while stack:
+        depth, start, end = stack.pop()
+        count += 1
+        if count > max_parts:
+            raise MimeLimitError(f"more than {max_parts} MIME parts")
+        if data.startswith(CRLF, start):
+            head, body_start = b"", start + 2
+        else:
+            cut = data.find(CRLF + CRLF, start, end)
+            head, body_start = (data[start:end], end) if cut < 0 else (data[start:cut + 2],
+                                                                        cut + 4)
+        part = Part(depth, head, body_start, end)
+        yield part
+        children = _children(data, part)
+        if children and depth + 1 > max_depth:
+            raise MimeLimitError(f"MIME parts nested more than {max_depth} deep")
+        stack += [(depth + 1, s, e) for s, e in reversed(children)]
+
+
+def _children(data: bytes, part: Part) -> list[tuple[int, int]]:
+    """The spans of a multipart's body parts, or of a message/rfc822's message."""
+    headers = parse_headers(part.head)
+    ctype = headers.get_content_type()
+    if ctype in ("message/rfc822", "message/global"):
+        return [(part.body_start, part.body_end)]
+    boundary = headers.get_param("boundary")
+    if headers.get_content_maintype() != "multipart" or not isinstance(boundary, str):
+        return []
+    # As part_spans, on offsets: the CRLF before a delimiter belongs to it; a body that
+    # opens with the first delimiter has the header block's blank line before it.
+    delimiter = re.compile(rb"\r\n--" + re.escape(boundary.encode("ascii", "surrogateescape"))
+                           + rb"(--)?[ \t]*(?:\r\n|\Z)")
+    spans: list[tuple[int, int]] = []
+    start: int | None = None
+    pos = part.body_start
+    if pos >= 2 and data[pos - 2:pos] == CRLF:
+        pos -= 2
+    for match in delimiter.finditer(data, pos, part.body_end):
+        if start is not None:
+            spans.append((start, match.start()))
+        if match.group(1):
+            return spans
+        start = match.end()
+    if start is not None:
+        spans.append((start, part.body_end))
+    return spans

@@ -22,7 +22,7 @@ from cryptography import x509
 from gateway import rawmail
 from gateway.policy.departments import Department
 from gateway.transform import smime
-from gateway.transform.mime import CRLF, canonical, header_fields, split_entity
+from gateway.transform.mime import CRLF, canonical, check_limits, header_fields, split_entity
 from gateway.transform.stamp import add_stamp
 
 _ENVELOPED_TYPES = {"1.2.840.113549.1.7.3", "1.2.840.113549.1.9.16.1.23"}  # (auth)EnvelopedData
@@ -34,7 +34,11 @@ _FOLD = re.compile(r"\r?\n[ \t]*")
 
 def protect(message: bytes, department: Department,
             recipient_certs: Sequence[x509.Certificate]) -> bytes:
-    """The message stamped, signed by `department`, encrypted to the recipients and it."""
+    """The message stamped, signed by `department`, encrypted to the recipients and it.
+
+    MimeLimitError when the message is past the structure limits (it never will be).
+    """
+    check_limits(message)
     if is_encrypted(message):
         return message
     # SMTP already guarantees CRLF; other callers get the form the signature covers.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import email.utils
 import ssl
 
 import pytest
@@ -165,8 +166,15 @@ async def test_delay_warning_then_failure_after_max_age(config, daemons):
     files = await asyncio.to_thread(gateway.wait_outbox, 2, 20)
     reports = [email.message_from_bytes(f.read_bytes(), policy=email.policy.default)
                for f in files]
-    actions = [r.get_payload()[1].get_payload()[1]["Action"] for r in reports]
-    assert actions == ["delayed", "failed"]
+    blocks = [r.get_payload()[1].get_payload()[1] for r in reports]
+    assert [b["Action"] for b in blocks] == ["delayed", "failed"]
+    # RFC 3464 2.3.9: a delayed notice says until when we keep trying: max_age after arrival
+    until = email.utils.parsedate_to_datetime(blocks[0]["Will-Retry-Until"]).timestamp()
+    arrival = email.utils.parsedate_to_datetime(
+        reports[0].get_payload()[1].get_payload()[0]["Arrival-Date"]).timestamp()
+    assert until - arrival == 4
+    assert blocks[1]["Will-Retry-Until"] is None
+    assert blocks[0]["Diagnostic-Code"].startswith("x-send-sikkert;")  # our words, not smtp
     assert all(b"hemmelig" not in f.read_bytes() for f in files)
     assert gateway.metric("sendsikkert_dsn_sent_total", action="delayed") == 1
     await asyncio.to_thread(gateway.wait_queue_empty)
@@ -196,5 +204,10 @@ async def test_notify_success(config, daemons, next_hop):
     assert fields["Action"] == ("delivered" if next_hop == "file" else "relayed")
     assert fields["Status"] == "2.0.0"
     assert fields["Original-Recipient"] == "rfc822; x@hotmail.dk"
+    if next_hop == "file":  # no server path in the sender's notice, and no SMTP claimed
+        assert fields["Diagnostic-Code"].startswith("x-send-sikkert;"), fields
+        assert str(gateway.config.outbox) not in raw.decode(errors="replace")
+    else:
+        assert fields["Diagnostic-Code"] == "smtp; 250 2.0.0 OK: queued"
     assert report["X-Envelope-To"] == "a@brondby.dk"
     assert b"hemmelig" not in raw

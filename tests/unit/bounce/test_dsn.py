@@ -11,7 +11,7 @@ from typing import get_args
 
 import pytest
 
-from gateway.bounce.dsn import Kind, Notice, build_dsn
+from gateway.bounce.dsn import Kind, Notice, build_dsn, is_global
 from tests.support.golden import assert_matches_golden
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -341,3 +341,37 @@ def test_dlp_bounce_matches_the_golden_file() -> None:
                 original=original)
     golden = (GOLDEN / "cpr_found.dsn").read_text(encoding="utf-8")
     assert_matches_golden(dsn.decode("utf-8"), golden)
+
+
+def test_utf8_mailboxes_make_a_global_report() -> None:
+    """RFC 6533: a UTF-8 address or header section needs the global types."""
+    notice = Notice(address="søren@ærø.dk", orcpt="utf-8;søren@ærø.dk", action="failed",
+                    status="5.7.1", diagnostic="x-send-sikkert; no secure route", kind="unsafe")
+    original = "From: Åse <åse@brøndby.dk>\r\nSubject: Æble\r\n\r\nbody\r\n".encode()
+    dsn = build_dsn(hostname=HOSTNAME, organisation=ORGANISATION, queue_id="Q1",
+                    arrival=ARRIVAL, sender="åse@brøndby.dk", original_headers=original,
+                    notices=[notice])
+    msg = parse(dsn)
+    assert [p.get_content_type() for p in msg.get_payload()] == [
+        "text/plain", "message/global-delivery-status", "message/global-headers"]
+    headers = msg.get_payload()[2]
+    assert "Final-Recipient: utf-8; søren@ærø.dk\r\n".encode() in dsn  # UTF-8 as it is
+    assert "Original-Recipient: utf-8; søren@ærø.dk\r\n".encode() in dsn
+    assert headers["Content-Transfer-Encoding"] == "8bit"
+    assert "Subject: Æble".encode() in dsn and b"body" not in dsn
+    assert is_global("åse@brøndby.dk", original, [notice])
+
+
+def test_ascii_reports_stay_plain() -> None:
+    assert not is_global(SENDER, ORIGINAL, [unsafe("lone@gmail.example")])
+    latin1 = b"From: a@brondby.dk\r\nSubject: \xe6ble\r\n\r\n"  # 8-bit, not UTF-8: no claim
+    assert not is_global(SENDER, latin1, [unsafe("lone@gmail.example")])
+
+
+def test_a_delayed_notice_says_until_when() -> None:
+    notice = Notice(address="lone@gmail.example", orcpt="", action="delayed", status="4.4.1",
+                    diagnostic="x-send-sikkert; 451 4.4.1 cannot connect", kind="delayed",
+                    will_retry_until=ARRIVAL + 432000)
+    fields = parse(build([notice])).get_payload()[1].get_payload()[1]
+    until = email.utils.parsedate_to_datetime(fields["Will-Retry-Until"]).timestamp()
+    assert until == ARRIVAL + 432000

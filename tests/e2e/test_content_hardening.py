@@ -1,0 +1,74 @@
+"""What the content of a message can do to the gateway (issue 8): header injection through
+the subject rewrite, Bcc, nesting past the limits."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import time
+
+from tests.e2e.test_smime import publish
+from tests.support.daemon import Daemon, GatewayConfig
+from tests.support.pki import CA
+
+
+def headers_of(path) -> list[bytes]:
+    head = path.read_bytes().split(b"\r\n\r\n", 1)[0]
+    return [line.split(b":", 1)[0] for line in head.split(b"\r\n") if line[:1] not in b" \t"]
+
+
+def test_subject_rewrite_cannot_inject_header_fields(gateway: Daemon):
+    data = (b"From: a@brondby.dk\r\nTo: b@brondby.dk\r\n"
+            b"Subject: =?utf-8?q?SV:_aeldreomsorg=25=25=0D=0ABcc:_evil=40hotmail.dk?=\r\n"
+            b"\r\nbody\r\n")
+    gateway.send("a@brondby.dk", ["b@brondby.dk"], data)
+    [out] = gateway.wait_outbox(1)
+    raw = out.read_bytes()
+    assert headers_of(out) == [b"X-Envelope-From", b"X-Envelope-To", b"From", b"To",
+                               b"Subject"], raw
+    assert b"\n" not in raw.replace(b"\r\n", b"")  # no bare LF on the file route either
+    subject = email.message_from_bytes(raw, policy=email.policy.default)["Subject"]
+    assert "%%" not in subject and "evil@hotmail.dk" in subject
+
+
+def test_no_copy_carries_bcc(gateway: Daemon):
+    for subject in (b"aeldreomsorg%% hej", b"hej"):  # tagged (internal route) and plain
+        data = (b"From: a@brondby.dk\r\nTo: b@brondby.dk\r\nBcc: skjult@brondby.dk\r\n"
+                b"Subject: " + subject + b"\r\n\r\nbody\r\n")
+        gateway.send("a@brondby.dk", ["b@brondby.dk", "skjult@brondby.dk"], data)
+    files = gateway.wait_outbox(2)
+    for out in files:
+        assert b"Bcc" not in headers_of(out)
+        head = out.read_bytes().split(b"\r\n\r\n", 1)[0]
+        # the hidden recipient shows only in the file route's own envelope lines
+        assert b"skjult" not in head.replace(b"X-Envelope-To: skjult@brondby.dk", b"")
+
+
+def nested(depth: int) -> bytes:
+    body = b"Content-Type: text/plain\r\n\r\nHun har skinnebenss\xc3\xa5r.\r\n"
+    for i in range(depth):
+        body = (f'Content-Type: multipart/mixed; boundary="b{i}"\r\n\r\n--b{i}\r\n'.encode()
+                + body + f"\r\n--b{i}--\r\n".encode())
+    return (b"From: lela@brondby.dk\r\nTo: olelsen@dhl.dk\r\n"
+            b"Subject: aeldreomsorg%% Vedr. din mor\r\nMIME-Version: 1.0\r\n" + body)
+
+
+def test_nesting_past_the_limit_bounces_at_once(config: GatewayConfig, daemons, ca: CA):
+    publish(config, ca.issue("olelsen@dhl.dk"), "ole")
+    config.retry_min = config.retry_max = 3600  # a deferral would sit here for an hour
+    gateway = Daemon(config)
+    daemons.append(gateway)
+    gateway.start()
+    started = time.monotonic()
+    gateway.send("lela@brondby.dk", ["olelsen@dhl.dk"], nested(1000))
+    [dsn] = gateway.wait_outbox(1)
+    gateway.wait_queue_empty()
+    assert time.monotonic() - started < 15
+    report = email.message_from_bytes(dsn.read_bytes(), policy=email.policy.default)
+    fields = report.get_payload()[1].get_payload()[1]
+    assert (fields["Action"], fields["Status"]) == ("failed", "5.6.0")
+    assert "nested more than 100" in fields["Diagnostic-Code"]
+    assert "RecursionError" not in gateway.logs()
+    gateway.send("lela@brondby.dk", ["olelsen@dhl.dk"], nested(20))  # within the limit
+    [encrypted] = [f for f in gateway.wait_outbox(2) if f != dsn]
+    assert b"application/pkcs7-mime" in encrypted.read_bytes()
