@@ -3,17 +3,19 @@
 RFC 5321 (the session, per-recipient replies, DATA applying to accepted recipients),
 RFC 3207 (STARTTLS, EHLO again afterwards), RFC 3461 (NOTIFY/ORCPT/RET/ENVID only to a
 server that advertises DSN, which then owes the DSNs for what it accepted: 6.2),
-RFC 6152 (BODY=8BITMIME), RFC 6531 (SMTPUTF8), RFC 1870 (SIZE) and RFC 3463 (enhanced
-status codes). Every level but `may` never sends a byte of the message in plaintext: a
-missing STARTTLS, a refused one or a failed handshake or certificate check ends the
-session with 4.7.5. Under `dane` the peer's chain is matched against the host's TLSA
-records right after the handshake (RFC 7672 3), before EHLO is sent again.
+RFC 6152 (BODY=8BITMIME; for a server without it 8-bit mail is converted to 7-bit),
+RFC 6531 (SMTPUTF8), RFC 1870 (SIZE) and RFC 3463 (enhanced status codes). Every level
+but `may` never sends a byte of the message in plaintext: a missing STARTTLS, a refused
+one or a failed handshake or certificate check ends the session with 4.7.5. Under `dane`
+the peer's chain is matched against the host's TLSA records right after the handshake
+(RFC 7672 3), before EHLO is sent again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import re
 import ssl
@@ -25,6 +27,8 @@ import aiosmtplib
 
 from gateway.delivery import Rcpt, Result, Route, TlsPolicy, dane, same_reply
 from gateway.errors import Reply
+from gateway.transform.downgrade import ConversionImpossible, to_7bit
+from gateway.transform.mime import MimeLimitError
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +250,13 @@ class SmtpTransport:
                 replies[r.address] = no_utf8
         if not rcpts:
             return HostReplies(replies, dsn)
+        if not message.data.isascii() and not client.supports_extension("8bitmime"):
+            try:  # RFC 6152 3: never 8-bit data to a server that did not ask for it
+                data = await asyncio.to_thread(to_7bit, message.data)
+            except (ConversionImpossible, MimeLimitError) as e:
+                replies.update({r.address: Reply(554, "5.6.3", str(e)) for r in rcpts})
+                return HostReplies(replies, dsn)
+            message = dataclasses.replace(message, data=data)
         use_utf8 = utf8 and (message.needs_utf8 or not all(r.address.isascii() for r in rcpts))
         encoding = "utf-8" if use_utf8 else "ascii"
         try:

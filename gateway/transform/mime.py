@@ -14,6 +14,8 @@ mime_nesting_limit) and MAX_PARTS entities. A message past them can never be cha
 from __future__ import annotations
 
 import base64
+import binascii
+import email.quoprimime
 import re
 import secrets
 from collections.abc import Iterator
@@ -26,6 +28,7 @@ from gateway import rawmail
 
 CRLF = b"\r\n"
 _BARE_LINE_END = re.compile(rb"\r?\n")
+IDENTITY_ENCODINGS = {"7bit", "8bit", "binary"}
 MAX_DEPTH = 100  # nesting levels (Postfix mime_nesting_limit)
 MAX_PARTS = 1000  # entities in one message, the message itself included
 
@@ -129,6 +132,27 @@ def base64_body(data: bytes) -> bytes:
     """`data` in base64, in lines of 76 characters ending in CRLF (RFC 2045 6.8)."""
     encoded = base64.b64encode(data)
     return b"".join(encoded[i:i + 76] + CRLF for i in range(0, len(encoded), 76))
+
+
+def decode_transfer(body: bytes, encoding: str) -> bytes:
+    """A body's bytes under its Content-Transfer-Encoding (RFC 2045 6); ValueError if unknown."""
+    if encoding in IDENTITY_ENCODINGS:
+        return body
+    if encoding == "base64":
+        return base64.b64decode(body)
+    if encoding == "quoted-printable":
+        return binascii.a2b_qp(body)
+    raise ValueError(f"unknown Content-Transfer-Encoding {encoding}")
+
+
+def encode_transfer(data: bytes, encoding: str) -> bytes:
+    """`data` in a Content-Transfer-Encoding; identity encodings leave it as it is."""
+    if encoding == "base64":
+        return base64_body(data)
+    if encoding == "quoted-printable":
+        # quoprimime works on bytes held as latin-1 text, one character per byte.
+        return email.quoprimime.body_encode(data.decode("latin-1"), eol="\r\n").encode("ascii")
+    return data
 
 
 def check_limits(data: bytes) -> None:

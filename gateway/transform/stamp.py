@@ -9,10 +9,8 @@ can be changed gets the stamp as a new first part of a multipart/mixed (RFC 2046
 
 from __future__ import annotations
 
-import base64
 import binascii
 import codecs
-import email.quoprimime
 import html
 import re
 from collections.abc import Callable
@@ -20,7 +18,8 @@ from email.message import Message
 
 from gateway.transform.mime import (
     CRLF,
-    base64_body,
+    decode_transfer,
+    encode_transfer,
     header_fields,
     join_entity,
     new_boundary,
@@ -33,7 +32,6 @@ from gateway.transform.mime import (
 # A sender's own signature or encryption would break if we touched what is inside; a
 # digest's parts default to message/rfc822, which a part parsed alone would not know.
 _UNTOUCHABLE = {"multipart/signed", "multipart/encrypted", "multipart/digest"}
-_IDENTITY_ENCODINGS = {"7bit", "8bit", "binary"}
 _BODY_TAG = re.compile(rb"<body(?:\s[^>]*)?>", re.IGNORECASE)
 _HEAD_END = re.compile(rb"</head\s*>", re.IGNORECASE)
 _HTML_TAG = re.compile(rb"<html(?:\s[^>]*)?>", re.IGNORECASE)
@@ -109,7 +107,7 @@ def _stamp_text(head: bytes, headers: Message, body: bytes, stamp: str,
     charset = headers.get_content_charset("us-ascii")
     try:
         codecs.lookup(charset)
-        text = _decode_transfer(body, encoding)
+        text = decode_transfer(body, encoding)
     except (LookupError, ValueError, binascii.Error):
         return None
     edited = edit(text, charset, stamp) if _ascii_compatible(charset) else None
@@ -124,7 +122,7 @@ def _stamp_text(head: bytes, headers: Message, body: bytes, stamp: str,
     if encoding == "7bit" and not edited.isascii():
         encoding = "8bit"
         head = set_field(head, "Content-Transfer-Encoding", b"8bit")
-    return join_entity(head, _encode_transfer(edited, encoding))
+    return join_entity(head, encode_transfer(edited, encoding))
 
 
 def _ascii_compatible(charset: str) -> bool:
@@ -134,25 +132,6 @@ def _ascii_compatible(charset: str) -> bool:
         return sample.encode(charset) == sample.encode("ascii")
     except UnicodeEncodeError:
         return False
-
-
-def _decode_transfer(body: bytes, encoding: str) -> bytes:
-    if encoding in _IDENTITY_ENCODINGS:
-        return body
-    if encoding == "base64":
-        return base64.b64decode(body)
-    if encoding == "quoted-printable":
-        return binascii.a2b_qp(body)
-    raise ValueError(f"unknown Content-Transfer-Encoding {encoding}")
-
-
-def _encode_transfer(data: bytes, encoding: str) -> bytes:
-    if encoding == "base64":
-        return base64_body(data)
-    if encoding == "quoted-printable":
-        # quoprimime works on bytes held as latin-1 text, one character per byte.
-        return email.quoprimime.body_encode(data.decode("latin-1"), eol="\r\n").encode("ascii")
-    return data
 
 
 def _with_charset(head: bytes, charset: str) -> bytes:

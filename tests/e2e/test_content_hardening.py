@@ -1,15 +1,20 @@
 """What the content of a message can do to the gateway (issue 8): header injection through
-the subject rewrite, Bcc, nesting past the limits."""
+the subject rewrite, Bcc, nesting past the limits, 8-bit and UTF-8 mail for next hops
+without 8BITMIME or SMTPUTF8."""
 
 from __future__ import annotations
 
+import asyncio
 import email
+import email.message
 import email.policy
 import time
 
 from tests.e2e.test_smime import publish
 from tests.support.daemon import Daemon, GatewayConfig
 from tests.support.pki import CA
+from tests.support.rawsmtp import RawSmtp
+from tests.support.sink import SmtpSink
 
 
 def headers_of(path) -> list[bytes]:
@@ -72,3 +77,57 @@ def test_nesting_past_the_limit_bounces_at_once(config: GatewayConfig, daemons, 
     gateway.send("lela@brondby.dk", ["olelsen@dhl.dk"], nested(20))  # within the limit
     [encrypted] = [f for f in gateway.wait_outbox(2) if f != dsn]
     assert b"application/pkcs7-mime" in encrypted.read_bytes()
+
+
+def report_of(path) -> tuple[email.message.EmailMessage, bytes]:
+    raw = path.read_bytes()
+    return email.message_from_bytes(raw, policy=email.policy.default), raw
+
+
+async def test_8bit_mail_is_converted_for_a_7bit_next_hop(config: GatewayConfig, daemons):
+    async with SmtpSink(eightbitmime=False) as sink:
+        config.default_route = sink.route
+        gateway = Daemon(config)
+        daemons.append(gateway)
+        await asyncio.to_thread(gateway.start)
+        text = ("From: a@brondby.dk\r\nTo: x@hotmail.dk\r\nSubject: s\r\nMIME-Version: 1.0\r\n"
+                "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n"
+                "\r\nKære Ole, hun har skinnebenssår.\r\n").encode()
+        await asyncio.to_thread(gateway.send, "a@brondby.dk", ["x@hotmail.dk"], text)
+        signed = (b'From: a@brondby.dk\r\nTo: x@hotmail.dk\r\nSubject: s\r\nMIME-Version: 1.0\r\n'
+                  b'Content-Type: multipart/signed; protocol="application/pkcs7-signature"; '
+                  b'micalg=sha-256; boundary="s"\r\n\r\n--s\r\nContent-Type: text/plain; '
+                  b"charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+                  + "Ærø\r\n".encode() + b"--s\r\nContent-Type: application/pkcs7-signature"
+                  b"\r\n\r\nAAAA\r\n--s--\r\n")
+        await asyncio.to_thread(gateway.send, "a@brondby.dk", ["x@hotmail.dk"], signed)
+        [msg] = await sink.wait_for(1, within=15)
+        [dsn] = await asyncio.to_thread(gateway.wait_outbox, 1)
+    assert msg.content.isascii() and not any(o.startswith("BODY=") for o in msg.mail_options)
+    assert msg.message.get_content() == "Kære Ole, hun har skinnebenssår.\r\n"
+    report, raw = report_of(dsn)
+    fields = report.get_payload()[1].get_payload()[1]
+    assert (fields["Action"], fields["Status"]) == ("failed", "5.6.3")
+    assert "signatur" in report.get_payload()[0].get_content()
+    assert "Ærø".encode() not in raw  # the signed body is not sent back
+
+
+async def test_utf8_recipient_via_a_hop_without_smtputf8_bounces_clearly(
+        config: GatewayConfig, daemons):
+    async with SmtpSink(smtputf8=False) as sink:
+        config.default_route = sink.route
+        gateway = Daemon(config)
+        daemons.append(gateway)
+        await asyncio.to_thread(gateway.start)
+        with RawSmtp(config.smtp_port) as s:
+            s.command(b"EHLO exchange.brondby.dk")
+            assert s.command(b"MAIL FROM:<a@brondby.dk> SMTPUTF8")[0] == 250
+            assert s.command("RCPT TO:<jørgen@ærø.dk>".encode())[0] == 250
+            assert s.data(b"From: a@brondby.dk\r\nSubject: s\r\n\r\nbody\r\n")[0] == 250
+        [dsn] = await asyncio.to_thread(gateway.wait_outbox, 1)
+    assert sink.messages == []
+    report, raw = report_of(dsn)
+    assert report.get_payload()[1].get_content_type() == "message/global-delivery-status"
+    assert "Final-Recipient: utf-8; jørgen@ærø.dk\r\n".encode() in raw
+    assert b"Status: 5.6.7" in raw
+    assert "internationale mailadresser" in report.get_payload()[0].get_content()

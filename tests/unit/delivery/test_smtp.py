@@ -344,11 +344,34 @@ async def test_eight_bit_data_is_announced(transport: SmtpTransport,
     assert f"SIZE={len(MESSAGE)}" in seven.mail_options
 
 
-async def test_no_body_parameter_to_a_server_without_8bitmime(transport: SmtpTransport) -> None:
+async def test_eight_bit_is_converted_for_a_server_without_8bitmime(
+        transport: SmtpTransport) -> None:
+    """RFC 6152 3: no 8-bit data to a server that did not ask for it; Postfix converts."""
+    data = (b"From: a@x.test\r\nSubject: s\r\nMIME-Version: 1.0\r\n"
+            b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n"
+            + "\r\nÆldre og omsorg\r\nlinje to\r\n".encode())
     async with SmtpSink(eightbitmime=False) as sink:
-        result = await send(transport, sink.route, data=MESSAGE + "Æ\r\n".encode())
+        result = await send(transport, sink.route, data=data)
     assert codes(result) == {"lone@partner.test": OK}
-    assert not [o for o in sink.messages[0].mail_options if o.startswith("BODY=")]
+    [msg] = sink.messages
+    assert not [o for o in msg.mail_options if o.startswith("BODY=")]
+    assert msg.content.isascii()
+    assert msg.message["Content-Transfer-Encoding"] == "quoted-printable"
+    assert msg.message.get_content() == "Ældre og omsorg\r\nlinje to\r\n"
+
+
+async def test_signed_eight_bit_content_is_refused_not_broken(
+        transport: SmtpTransport) -> None:
+    data = (b'From: a@x.test\r\nMIME-Version: 1.0\r\nContent-Type: multipart/signed; '
+            b'protocol="application/pkcs7-signature"; micalg=sha-256; boundary="s"\r\n\r\n'
+            b"--s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Transfer-Encoding: 8bit\r\n\r\n" + "Ærø\r\n".encode()
+            + b"--s\r\nContent-Type: application/pkcs7-signature\r\n\r\nAAAA\r\n--s--\r\n")
+    async with SmtpSink(eightbitmime=False) as sink:
+        result = await send(transport, sink.route, data=data)
+    assert {r.status for r in result.replies.values()} == {"5.6.3"}
+    assert all(not r.remote for r in result.replies.values())
+    assert sink.messages == [] and ("DATA", False) not in sink.commands
 
 
 UTF8_MESSAGE = "Subject: Ældre\r\n\r\nTekst\r\n".encode()
