@@ -52,6 +52,7 @@ NEEDS_UTF8 = "553 5.6.7 A UTF-8 address needs SMTPUTF8 in MAIL FROM (RFC 6531)"
 BARE_LINE_ENDING = "554 5.6.0 Message refused: bare CR or LF in the data (RFC 5321 2.3.8)"
 NUL_IN_DATA = "554 5.6.0 Message refused: NUL in the data (RFC 5321 4.5.2)"
 SPOOL_FAILED = "451 4.3.0 Message not accepted: the queue cannot be written, try again later"
+SPOOL_FULL = "452 4.3.1 Message not accepted: insufficient system storage, try again later"
 
 
 class Handler:
@@ -167,7 +168,7 @@ class Handler:
             await self.spool.put(queued, data)
         except SpoolError as e:
             log.error("spool write failed: %s", e)
-            return SPOOL_FAILED
+            return SPOOL_FULL if e.full else SPOOL_FAILED
         fields, _ = rawmail.split(data[:65536])
         tagging = read_tags(fields, self.tags)
         tagged = tagging.tagged and not queued.from_outside  # outsiders never tag

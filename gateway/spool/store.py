@@ -9,6 +9,8 @@ worker threads so one slow write never stalls other sessions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -26,10 +28,18 @@ BODY = ".eml"
 STATE = ".json"
 TMP = ".tmp"
 LOCK = ".lock"
+QUARANTINE = "quarantine"
 
 
 class SpoolError(Exception):
-    """The spool could not be written: the message is not accepted."""
+    """The spool could not be written: the message is not accepted.
+
+    `full` when the disk (or the quota) has no room: RFC 3463 4.3.1, not a fault.
+    """
+
+    def __init__(self, text: str, full: bool = False) -> None:
+        super().__init__(text)
+        self.full = full
 
 
 class SpoolBusy(Exception):
@@ -82,11 +92,15 @@ def _fsync_dir(path: Path) -> None:
 def _write_durable(path: Path, data: bytes) -> None:
     """Write to a temporary file, fsync it and rename it into place."""
     tmp = path.with_name(path.name + TMP)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves nothing half-written behind
+        raise
 
 
 class Spool:
@@ -132,9 +146,17 @@ class Spool:
         try:
             await asyncio.to_thread(self._put_files, envelope.id, data, state)
             await self._sync.sync()
-        except OSError as e:
-            raise SpoolError(f"cannot write {envelope.id}: {e}") from e
+        except (OSError, SpoolError) as e:
+            # No 250 will be given: take the message back out, the client sends it again.
+            await asyncio.to_thread(self._discard, envelope.id)
+            full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+            raise SpoolError(f"cannot write {envelope.id}: {e}", full=full) from e
         metrics.spool_write_seconds.observe(time.perf_counter() - started)
+
+    def _discard(self, queue_id: str) -> None:
+        for suffix in (STATE, BODY):
+            with contextlib.suppress(OSError):
+                (self.dir / (queue_id + suffix)).unlink(missing_ok=True)
 
     def _put_files(self, queue_id: str, data: bytes, state: bytes) -> None:
         # The body goes first: a state file always has its body.
@@ -166,14 +188,36 @@ class Spool:
         return _decode(path)
 
     def load_all(self) -> list[Envelope]:
-        """Every spooled message, oldest first; an unreadable record is skipped and logged."""
+        """Every spooled message, oldest first.
+
+        A record that cannot be read is moved with its body to DIR/quarantine/ for a
+        person to look at, and logged; the rest of the queue goes on.
+        """
         envelopes = []
         for path in sorted(self.dir.glob("*" + STATE)):
             try:
+                if not path.with_suffix(BODY).exists():
+                    raise ValueError("its message body is missing")
                 envelopes.append(_decode(path))
             except (OSError, ValueError, TypeError, KeyError) as e:
-                log.error("cannot read spool record %s: %s; left in place", path.name, e)
+                self._quarantine(path, e)
         return envelopes
+
+    def _quarantine(self, path: Path, error: Exception) -> None:
+        folder = self.dir / QUARANTINE
+        try:
+            folder.mkdir(exist_ok=True)
+            for part in (path.with_suffix(BODY), path):
+                if part.exists():
+                    os.replace(part, folder / part.name)
+            _fsync_dir(folder)
+            _fsync_dir(self.dir)
+        except OSError as e:
+            log.error("cannot read spool record %s (%s), nor move it to %s: %s; left in "
+                      "place", path.name, error, folder, e)
+            return
+        log.error("cannot read spool record %s: %s; moved with its body to %s", path.name,
+                  error, folder)
 
 
 def _encode(envelope: Envelope) -> bytes:
