@@ -30,6 +30,7 @@ from gateway.edge.handler import Handler
 from gateway.edge.limits import ConnectionLimits
 from gateway.edge.protocol import GatewaySMTP
 from gateway.edge.proxy import ProxyPolicy
+from gateway.edge.tls import server_context
 from gateway.inbound.cms import KeyHolder
 from gateway.inbound.receive import Receiver
 from gateway.inbound.replies import open_reply_map
@@ -94,13 +95,10 @@ def inbound_tls(config: Config) -> ssl.SSLContext | None:
     tls = config.smtp.tls
     if tls is None:
         return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
-        context.load_cert_chain(tls.cert, tls.key)
+        return server_context(tls.cert, tls.key)
     except (OSError, ssl.SSLError) as e:
         raise ConfigError(config.path, "smtp.tls.cert", f"cannot load {tls.cert}: {e}") from None
-    return context
 
 
 def proxy_policy(config: Config) -> ProxyPolicy | None:

@@ -22,7 +22,7 @@ _ENCODED_WORD = re.compile(r"=\?(?P<charset>[^?\s]+)\?(?P<encoding>[qQbB])\?(?P<
 _PRINTABLE = re.compile(r"[!-~]*")  # a word that may stand in a header as it is
 _ATEXT = re.compile(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+")  # RFC 5322 3.2.3
 _Q_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!*+-/")
-_ENCODED_TEXT_MAX = 63  # "=?utf-8?q?" + 63 + "?=": 75 characters (RFC 2047 2)
+_ENCODED_TEXT_MAX = 50  # "=?utf-8?q?" + 50 + "?=": 62, within RFC 2047 2's 75 after "Name: "
 _PLAIN_WORD_MAX = 72  # a longer word could not be folded under 78 characters: encode it
 _LINE_MAX = 78  # RFC 5322 2.1.1
 
@@ -149,6 +149,7 @@ def make_field(name: str, value: str) -> Field:
 def make_address_field(name: str, display: str, address: str) -> Field:
     """`Name: "display" <address>`: a quoted string when `display` is printable ASCII,
     else atoms and RFC 2047 encoded words (RFC 2047 5(3)); `address` is a checked mailbox."""
+    display = display.strip(" ")
     if _PRINTABLE.fullmatch(display.replace(" ", "")):
         quoted = display.replace("\\", "\\\\").replace('"', '\\"')
         line = f'{name}: "{quoted}" <{address}>'
@@ -212,7 +213,7 @@ def _fold(name: str, pieces: list[str]) -> bytes:
     """
     field, width = name + ":", len(name) + 1
     for piece in pieces:
-        if piece and width + 1 + len(piece) > _LINE_MAX and width > len(name) + 1:
+        if piece and width + 1 + len(piece) > _LINE_MAX:  # also right after a long name
             field += "\r\n"
             width = 0
         field += " " + piece

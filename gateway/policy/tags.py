@@ -97,5 +97,11 @@ def without_keyword(field: rawmail.Field, config: TagsConfig) -> rawmail.Field:
     subject = field.value
     if not config.subject.search(subject):
         return field
-    cleaned = re.sub(r"[ \t]{2,}", " ", config.subject.sub("", subject)).strip()
+    cleaned = subject
+    while config.subject.search(cleaned):  # "x%aeldreomsorg%%%" leaves "x%%": a tag again
+        shorter = config.subject.sub("", cleaned)
+        if len(shorter) >= len(cleaned):  # a pattern that matches the empty string
+            break
+        cleaned = shorter
+    cleaned = re.sub(r"[ \t]{2,}", " ", cleaned).strip()
     return rawmail.make_field(field.name, cleaned)
