@@ -89,34 +89,40 @@ def set_field(head: bytes, name: str, value: bytes) -> bytes:
     return b"".join(raw for _, raw in fields) + new
 
 
-def part_spans(body: bytes, boundary: str) -> list[tuple[int, int]]:
-    """Where each body part of a multipart body starts and ends (delimiters excluded)."""
+def part_spans(body: bytes, boundary: str, start: int = 0,
+               end: int | None = None) -> list[tuple[int, int]]:
+    """Where each body part of a multipart body starts and ends (delimiters excluded).
+
+    `start` and `end` bound the body inside a larger buffer, so nothing is copied.
+    """
     # The CRLF before a delimiter belongs to the delimiter (RFC 2046 5.1.1); a missing
     # close delimiter (truncated mail) lets the last part run to the end. bytes.find
     # instead of a regular expression: a search from every position of a large body
     # holds the GIL for a long time, this one takes milliseconds.
+    limit = len(body) if end is None else end
     marker = b"--" + boundary.encode("ascii", "surrogateescape")
     spans: list[tuple[int, int]] = []
-    start: int | None = None
-    pos = 0
-    while (found := body.find(marker, pos)) >= 0:
-        end = found + len(marker)
-        close = body.startswith(b"--", end)
+    begin: int | None = None
+    pos = start
+    while (found := body.find(marker, pos, limit)) >= 0:
+        stop = found + len(marker)
+        close = body.startswith(b"--", stop, limit)
         if close:
-            end += 2
-        while body[end:end + 1] in (b" ", b"\t"):  # transport padding
-            end += 1
-        at_line_start = found == 0 or body.startswith(CRLF, found - 2)
-        if not at_line_start or not (end == len(body) or body.startswith(CRLF, end)):
+            stop += 2
+        while stop < limit and body[stop:stop + 1] in (b" ", b"\t"):  # transport padding
+            stop += 1
+        at_line_start = found == start or (found - 2 >= start
+                                           and body.startswith(CRLF, found - 2))
+        if not at_line_start or not (stop == limit or body.startswith(CRLF, stop, limit)):
             pos = found + 1  # the boundary text inside a line is no delimiter
             continue
-        if start is not None:
-            spans.append((start, max(found - 2, 0)))
+        if begin is not None:
+            spans.append((begin, max(found - 2, start)))
         if close:
             return spans
-        start = pos = min(end + 2, len(body))
-    if start is not None:
-        spans.append((start, len(body)))
+        begin = pos = min(stop + 2, limit)
+    if begin is not None:
+        spans.append((begin, limit))
     return spans
 
 
@@ -196,21 +202,4 @@ def _children(data: bytes, part: Part) -> list[tuple[int, int]]:
     boundary = headers.get_param("boundary")
     if headers.get_content_maintype() != "multipart" or not isinstance(boundary, str):
         return []
-    # As part_spans, on offsets: the CRLF before a delimiter belongs to it; a body that
-    # opens with the first delimiter has the header block's blank line before it.
-    delimiter = re.compile(rb"\r\n--" + re.escape(boundary.encode("ascii", "surrogateescape"))
-                           + rb"(--)?[ \t]*(?:\r\n|\Z)")
-    spans: list[tuple[int, int]] = []
-    start: int | None = None
-    pos = part.body_start
-    if pos >= 2 and data[pos - 2:pos] == CRLF:
-        pos -= 2
-    for match in delimiter.finditer(data, pos, part.body_end):
-        if start is not None:
-            spans.append((start, match.start()))
-        if match.group(1):
-            return spans
-        start = match.end()
-    if start is not None:
-        spans.append((start, part.body_end))
-    return spans
+    return part_spans(data, boundary, part.body_start, part.body_end)
