@@ -41,6 +41,7 @@ Action = Literal["failed", "delayed", "delivered", "relayed"]
 _END_OF_HEADERS = re.compile(rb"\r?\n\r?\n")
 _XTEXT_HEX = re.compile(r"\+([0-9A-Fa-f]{2})")
 _DIAGNOSTIC_TYPE = re.compile(r"[A-Za-z0-9-]+;")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True)
@@ -507,8 +508,9 @@ def _headers_only(original: bytes) -> str:
 
 
 def _line(text: str) -> str:
-    """One header line's worth of text: no CR or LF can start a new field."""
-    return " ".join(text.split())
+    """One header line's worth of text: no CR or LF can start a new field, and no other
+    control character (an ORCPT or ENVID may xtext-encode a NUL) reaches the report."""
+    return _CONTROL.sub("", " ".join(text.split()))
 
 
 def _readable(diagnostic: str) -> str:

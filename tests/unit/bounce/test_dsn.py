@@ -375,3 +375,15 @@ def test_a_delayed_notice_says_until_when() -> None:
     fields = parse(build([notice])).get_payload()[1].get_payload()[1]
     until = email.utils.parsedate_to_datetime(fields["Will-Retry-Until"]).timestamp()
     assert until == ARRIVAL + 432000
+
+
+def test_xtext_cannot_smuggle_control_characters_into_the_report() -> None:
+    """ORCPT and ENVID are xtext: "+00", "+0D+0A" decode to NUL and CR LF (RFC 3461 4)."""
+    notice = Notice(address="lone@gmail.example", orcpt="rfc822;lone+00+0D+0AX-Evil:+20y@x.dk",
+                    action="failed", status="5.7.1", diagnostic="x-send-sikkert; x",
+                    kind="unsafe")
+    dsn = build([notice], envid="E+0D+0AX-Evil:+20z+00")
+    status = dsn.split(b"message/delivery-status", 1)[1].split(b"\r\n--=_", 1)[0]
+    assert b"\0" not in status and b"\nX-Evil" not in status
+    fields = parse(dsn).get_payload()[1].get_payload()
+    assert "X-Evil" not in fields[0] and "X-Evil" not in fields[1]
