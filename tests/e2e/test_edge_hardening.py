@@ -123,7 +123,14 @@ def test_failed_handshakes_are_one_log_line_each(tls_gateway):
             s.sock.sendall(junk)
             s.sock.shutdown(socket.SHUT_WR)
             assert s.reply()[0] == 0  # closed
-    time.sleep(0.5)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        new = gateway.logs().splitlines()[before:]
+        failures = [line for line in new if "TLS handshake" in line]
+        if len(failures) >= 3:
+            break
+        time.sleep(0.1)
+    time.sleep(0.3)  # anything more the failures might log
     new = gateway.logs().splitlines()[before:]
     failures = [line for line in new if "TLS handshake" in line]
     assert len(failures) == 3 and len(new) <= 6 and "Traceback" not in "\n".join(new), new
@@ -143,9 +150,13 @@ def test_connection_limits(config: GatewayConfig, daemons):
         assert fourth.greeting[0] == CLOSING
     for s in first:
         s.close()
-    time.sleep(0.3)
-    with RawSmtp(config.smtp_port) as again:  # a slot came free
-        assert again.greeting[0] == READY
+    deadline = time.monotonic() + 10
+    while True:  # a slot comes free once the daemon has seen the close
+        with RawSmtp(config.smtp_port) as again:
+            if again.greeting[0] == READY or time.monotonic() > deadline:
+                break
+        time.sleep(0.1)
+    assert again.greeting[0] == READY
     other.close()
 
 
@@ -164,5 +175,5 @@ def test_idle_sessions_get_421_and_are_closed(config: GatewayConfig, daemons):
         started = time.monotonic()
         code, text = s.reply()
         assert code == CLOSING and text[0].startswith(b"4.4.2"), text
-        assert 0.8 < time.monotonic() - started < 3
+        assert 0.8 < time.monotonic() - started < 10
         assert s.reply() == (0, [])
