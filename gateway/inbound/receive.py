@@ -182,7 +182,9 @@ def _with_body(fields: list[rawmail.Field], inner: bytes) -> bytes:
 
 
 def _prepend(data: bytes, value: str) -> bytes:
-    return f"{RECEIVED_HEADER}: {value}".encode("ascii") + CRLF + data
+    # Written like every field of ours (rawmail): a UTF-8 signer address is encoded, and
+    # nothing in `value` can end the field early.
+    return rawmail.make_field(RECEIVED_HEADER, value).raw + data
 
 
 def _addresses(value: str) -> list[str]:
