@@ -42,6 +42,7 @@ from gateway.transform.smime import read_cms
 log = logging.getLogger(__name__)
 
 RECEIVED_HEADER = "X-Send-Sikkert-Received"
+_PRINTABLE = re.compile(r"[ -~]{0,900}")
 DECRYPTED, NOT_DECRYPTED, PLAIN = "decrypted", "not_decrypted", "plain"  # metric labels
 VALID, INVALID, NONE = "valid", "invalid", "none"
 DECRYPTION_OFF = "decryption-off"  # inbound.decrypt = false
@@ -182,8 +183,10 @@ def _with_body(fields: list[rawmail.Field], inner: bytes) -> bytes:
 
 
 def _prepend(data: bytes, value: str) -> bytes:
-    # Written like every field of ours (rawmail): a UTF-8 signer address is encoded, and
-    # nothing in `value` can end the field early.
+    if _PRINTABLE.fullmatch(value):  # the contract's form, on one line
+        return f"{RECEIVED_HEADER}: {value}".encode("ascii") + CRLF + data
+    # Anything else (a UTF-8 signer address) is written as every field of ours is
+    # (rawmail): encoded, so nothing in `value` can end the field early.
     return rawmail.make_field(RECEIVED_HEADER, value).raw + data
 
 
