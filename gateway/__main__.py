@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import sys
 
-from gateway import commands
 from gateway.config import ConfigError, config_path, load
 from gateway.observe import maillog
 
@@ -28,6 +27,9 @@ def parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", parents=[common], help="run the daemon in the foreground")
     serve.add_argument("--log-format", choices=("text", "json"), default="text",
                        help="text: one line per event, like Postfix; json: one object per line")
+    # How the supervisor starts its workers (gateway/worker.py); not for people.
+    for option in ("--worker", "--workers", "--control-fd", "--parent"):
+        serve.add_argument(option, type=int, default=None, help=argparse.SUPPRESS)
 
     check = sub.add_parser("check", parents=[common], help="classify addresses")
     check.add_argument("--json", action="store_true", help="print the /api/check JSON")
@@ -71,7 +73,13 @@ def main(argv: list[str] | None = None) -> int:
         config = load(config_path(getattr(args, "config", None)))
         if config.cluster.database:  # several nodes: say which one wrote each line
             maillog.setup(log_format, node=config.cluster.node)
-        return asyncio.run(commands.run(args, config))
+        if args.command == "serve" and args.worker is None:
+            # Before prometheus_client is imported: every process of the daemon writes
+            # its metrics there (gateway/observe/multiprocess.py).
+            from gateway.observe import multiprocess
+            multiprocess.prepare(config.spool.dir)
+        from gateway import commands
+        return asyncio.run(commands.run(args, config, argv if argv is not None else sys.argv[1:]))
     except ConfigError as e:
         print(f"send-sikkert: configuration error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,9 +1,12 @@
 """Wiring: build the parts from the configuration, start them on one event loop, stop them.
 
-The SMTP listeners (aiosmtpd on `loop.create_server`), the scheduler with its delivery
-attempts and the HTTP API share the daemon's own loop. SIGHUP reloads the SEPO list,
-departments and directory, and the SEPO list is also re-read when its file changes;
-SIGTERM/SIGINT stop gracefully.
+`Gateway` is what one worker process runs: the SMTP listeners (aiosmtpd on
+`loop.create_server`, the port shared with the other workers by SO_REUSEPORT), and the
+scheduler with its delivery attempts for the worker's own part of the spool. The
+supervisor (`gateway/supervisor.py`) starts the workers and serves the HTTP API;
+`gateway/worker.py` runs one Gateway under it. SIGHUP reloads the configuration, SEPO
+list, departments and directory, and the SEPO list is also re-read when its file
+changes; SIGTERM stops gracefully.
 """
 
 from __future__ import annotations
@@ -11,16 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
+import math
+import os
 import ssl
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from aiohttp import web
-
-from gateway.api.http import make_app
-from gateway.api.tls import HttpsContext, https_context
-from gateway.cluster import mta_sts_store, open_database
+from gateway.cluster import mta_sts_store
 from gateway.config import Config, ConfigError, load
 from gateway.delivery import Router
 from gateway.delivery.security import TransportParts, open_transport_security
@@ -44,7 +44,7 @@ from gateway.policy.routing import Routing
 from gateway.policy.sepo import SepoList, SepoWatch, load_sepo
 from gateway.spool import admin
 from gateway.spool.scheduler import Scheduler
-from gateway.spool.store import Spool, SpoolBusy
+from gateway.spool.store import Spool
 
 if TYPE_CHECKING:
     from gateway.cluster.database import Database
@@ -113,15 +113,45 @@ def _router(config: Config, loaded: LoadedPolicy) -> Router:
                   mx_port=config.routes.mx_port, mta_sts=loaded.transport.mta_sts)
 
 
-class Gateway:
-    """The running daemon."""
+class HoldsPolicy(Protocol):
+    config: Config
+    loaded: LoadedPolicy
 
-    def __init__(self, config: Config, loaded: LoadedPolicy,
-                 database: Database | None = None) -> None:
+
+
+async def watch_sepo(holder: HoldsPolicy, watch: SepoWatch) -> None:
+    """Re-read the SEPO list when its file changes: operators replace it from cron.
+
+    Each worker and the supervisor (for /api/check) watch it on their own.
+    """
+    while True:
+        await asyncio.sleep(holder.config.sepo.watch_interval or 5)
+        if not holder.config.sepo.watch_interval:
+            continue  # switched off (it can be switched on again by SIGHUP)
+        current = holder.loaded.sepo
+        new = await asyncio.to_thread(watch.poll, current)
+        if new is not None and holder.loaded.sepo is current:  # no SIGHUP came between
+            holder.loaded.sepo = new
+            holder.loaded.policy.classifier.sepo = new
+            metrics.sepo_domains.set(len(new))
+
+
+def worker_count(config: Config) -> int:
+    """`spool.workers`, where 0 means one worker per CPU."""
+    return config.spool.workers or os.cpu_count() or 1
+
+
+class Gateway:
+    """One worker: receives into and delivers from its own part of the spool."""
+
+    def __init__(self, config: Config, loaded: LoadedPolicy, spool: Spool,
+                 workers: int = 1, database: Database | None = None) -> None:
         self.config = config
         self.loaded = loaded
-        self.database = database  # the daemon's, opened in start(), closed in stop()
-        self.spool = Spool(config.spool.dir)
+        self.spool = spool
+        self.database = database  # the worker's own connections, opened in start()
+        # The hop's limits hold for the gateway as a whole: each worker takes its share.
+        self.concurrency = math.ceil(config.queue.concurrency / workers)
         self.transport = _router(config, loaded)
         self.scanner = Scanner(limits_from(config.dlp), workers=config.dlp.workers)
         self.handler = Handler(self.spool, config.smtp.relay_networks, config.tags,
@@ -132,8 +162,6 @@ class Gateway:
         self.scheduler: Scheduler | None = None
         self.pipeline: Pipeline | None = None
         self.servers: list[asyncio.AbstractServer] = []
-        self.http: web.AppRunner | None = None
-        self.https: HttpsContext | None = None
         self._scheduler_task: asyncio.Task[None] | None = None
         self._sepo_watch = SepoWatch(config.path)
         self._sepo_task: asyncio.Task[None] | None = None
@@ -151,18 +179,18 @@ class Gateway:
         self.scheduler.add(envelope)
 
     async def start(self) -> None:
-        """Claim the spool, listen, then deliver: nothing is sent before the start succeeded."""
+        """Pick up the spool, listen, then deliver: nothing is sent before the start succeeded.
+
+        The supervisor holds the spool lock for every worker.
+        """
         loop = asyncio.get_running_loop()
-        try:
-            await asyncio.to_thread(self.spool.lock)
-        except SpoolBusy as e:
-            raise ConfigError(self.config.path, "spool.dir", str(e)) from None
         await asyncio.to_thread(self.spool.prepare)
         if self.database is not None:
             await self.database.open()  # connects and migrates in the background
         self.pipeline = Pipeline(self.config, self.spool, self.loaded.policy, self.transport,
                                  self.enqueue, scanner=self.scanner)
-        self.scheduler = Scheduler(self.spool, self.pipeline.attempt, self.config.queue)
+        self.scheduler = Scheduler(self.spool, self.pipeline.attempt, self.config.queue,
+                                   concurrency=self.concurrency)
         recovered = await asyncio.to_thread(self.spool.load_all)
         for env in recovered:
             self.scheduler.add(env)
@@ -184,27 +212,13 @@ class Gateway:
 
         for listen in smtp.listen:
             try:
-                server = await loop.create_server(protocol, listen.host, listen.port)
+                server = await loop.create_server(protocol, listen.host, listen.port,
+                                                  reuse_port=True)
             except OSError as e:
                 raise ConfigError(self.config.path, "smtp.listen",
                                   f"cannot listen on {listen}: {e.strerror}") from None
             self.servers.append(server)
-            log.info("SMTP listening on %s", listen)
-        if self.config.http.listen is not None:
-            self.https = https_context(self.config)
-            self.http = web.AppRunner(make_app(self), access_log=None)
-            await self.http.setup()
-            site = web.TCPSite(self.http, self.config.http.listen.host,
-                               self.config.http.listen.port,
-                               ssl_context=self.https.context if self.https else None)
-            try:
-                await site.start()
-            except OSError as e:
-                raise ConfigError(self.config.path, "http.listen",
-                                  f"cannot listen on {self.config.http.listen}: {e.strerror}"
-                                  ) from None
-            log.info("HTTP%s listening on %s", "S" if self.https else "",
-                     self.config.http.listen)
+            log.debug("SMTP listening on %s", listen)
         if self.loaded.directory is not None:
             await self.loaded.directory.start()
         self._scheduler_task = loop.create_task(self.scheduler.run())
@@ -212,17 +226,11 @@ class Gateway:
         self._prune_task = loop.create_task(self._prune_replies())
 
     async def _watch_sepo(self) -> None:
-        """Re-read the SEPO list when its file changes: operators replace it from cron."""
-        while True:
-            await asyncio.sleep(self.config.sepo.watch_interval or 5)
-            if not self.config.sepo.watch_interval:
-                continue  # switched off (it can be switched on again by SIGHUP)
-            current = self.loaded.sepo
-            new = await asyncio.to_thread(self._sepo_watch.poll, current)
-            if new is not None and self.loaded.sepo is current:  # no SIGHUP came between
-                self.loaded.sepo = new
-                self.classifier.sepo = new
-                metrics.sepo_domains.set(len(new))
+        await watch_sepo(self, self._sepo_watch)
+
+    def retry(self, queue_id: str | None = None) -> bool:
+        """`queue retry`: make one message (or all) due now; False for an unknown id."""
+        return self.scheduler is not None and self.scheduler.retry(queue_id)
 
     async def _prune_replies(self) -> None:
         """Forget the reply map's entries past `inbound.reply_retention`, hourly."""
@@ -252,23 +260,19 @@ class Gateway:
     async def reload(self) -> None:
         """SIGHUP: re-read the configuration and policy; keep the old ones if anything is bad.
 
-        Listeners, the spool folder and the HTTP address stay as they are until a restart;
-        the HTTPS certificate is read anew (a renewed one takes effect at once).
+        Listeners and the spool folder stay as they are until a restart (the supervisor
+        looks after the HTTP listener).
         """
         try:
             config = await asyncio.to_thread(load, self.config.path)
             loaded = await load_policy(config, database=self.database)
-            if self.https is not None and config.http.tls is not None:
-                # On the loop's own thread: handshakes use this context meanwhile.
-                self.https.reload(config.http.tls.cert, config.http.tls.key)
         except ConfigError as e:
             metrics.last_reload_successful.labels(source="configuration").set(0)
             log.error("reload refused, keeping the running configuration: %s", e)
             return
-        if (config.http.tls is None) != (self.config.http.tls is None):
-            log.warning("http.tls switched on or off: it takes effect after a restart")
         for key in ("smtp.listen", "smtp.hostname", "smtp.max_message_size", "smtp.tls",
-                    "http.listen", "spool.dir", "cluster.database", "cluster.node"):
+                    "http.listen", "spool.dir", "spool.workers", "cluster.database",
+                    "cluster.node"):
             section, name = key.split(".")
             if getattr(getattr(config, section), name) != getattr(getattr(self.config, section),
                                                                  name):
@@ -296,8 +300,7 @@ class Gateway:
         metrics.sepo_domains.set(len(loaded.sepo))
         for source in ("configuration", "sepo"):
             metrics.last_reload_successful.labels(source=source).set(1)
-        log.info("reloaded %s: %d SEPO domain(s), %d department(s)", config.path,
-                 len(loaded.sepo), len(loaded.policy.departments))
+        log.debug("reloaded %s", config.path)  # the supervisor says so once for all workers
         if self.scheduler is not None:
             self.scheduler.retry()
 
@@ -316,37 +319,10 @@ class Gateway:
             self._prune_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._prune_task
-        if self.http is not None:
-            await self.http.cleanup()
         if self.loaded.directory is not None:
             await self.loaded.directory.close()
         if self.loaded.policy.replies is not None:
             await self.loaded.policy.replies.close()
         if self.database is not None:
             await self.database.close()
-        log.info("stopped")
-
-
-async def serve(config: Config) -> int:
-    """Run the daemon until SIGTERM or SIGINT; 0 on a clean stop."""
-    database = open_database(config)
-    loaded = await load_policy(config, database=database)
-    gateway = Gateway(config, loaded, database)
-    await gateway.start()
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    reloads: set[asyncio.Task[None]] = set()
-
-    def hup() -> None:
-        task = loop.create_task(gateway.reload())
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
-
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, hup)
-    log.info("send-sikkert ready")
-    await stop.wait()
-    log.info("stopping")
-    await gateway.stop()
-    return 0
+        log.debug("stopped")

@@ -34,16 +34,21 @@ from gateway.directory.validate import is_ca
 from gateway.model import RecipientClass
 from gateway.policy.address import InvalidAddress, normalise
 from gateway.policy.dlp.scan import ScanResult, limits_from, scan_message
-from gateway.spool import admin
+from gateway.spool import admin, partitions
 from gateway.spool.store import Spool, SpoolBusy
 from gateway.transform.mime import canonical
 
 EXIT_OK, EXIT_UNSAFE, EXIT_USAGE, EXIT_TEMPFAIL = 0, 1, 2, 75
 
 
-async def run(args: argparse.Namespace, config: Config) -> int:
+async def run(args: argparse.Namespace, config: Config, argv: list[str]) -> int:
+    if args.command == "serve" and args.worker is not None:
+        from gateway import worker
+        return await worker.run(config, args.worker, args.workers, args.control_fd,
+                                args.parent)
     if args.command == "serve":
-        return await app.serve(config)
+        from gateway import supervisor
+        return await supervisor.serve(config, argv)
     if args.command == "check":
         return await check(config, args.addresses, args.json)
     if args.command == "config":
@@ -227,16 +232,18 @@ def _plain(value: Any) -> Any:
 
 
 async def queue(args: argparse.Namespace, config: Config) -> int:
-    spool = Spool(config.spool.dir)
+    """The queue of every worker's partition, read from disk; changes via the daemon."""
+    root = config.spool.dir
     if args.action == "list":
-        envelopes = await asyncio.to_thread(spool.load_all) if spool.dir.exists() else []
+        envelopes = await asyncio.to_thread(lambda: list(partitions.envelopes(root)))
         data = admin.listing(envelopes)
         if args.json:
             print(json.dumps(data, ensure_ascii=False))
         else:
             _print_listing(data)
         return EXIT_OK
-    env = spool.read(args.id) if getattr(args, "id", None) else None
+    found = partitions.owner(root, args.id) if getattr(args, "id", None) else None
+    env = found[1].read(args.id) if found else None
     if getattr(args, "id", None) and env is None:
         print(f"send-sikkert: no message {args.id} in the queue", file=sys.stderr)
         return EXIT_UNSAFE
@@ -248,27 +255,32 @@ async def queue(args: argparse.Namespace, config: Config) -> int:
                     if args.action == "retry" else ("DELETE", f"/api/queue/{args.id}"))
     answer = await asyncio.to_thread(_ask_daemon, config, method, path)
     if answer is None:  # no daemon: act on the spool directly
-        answer = await _offline(args.action, spool, config, env)
+        answer = await _offline(args.action, root, config, env)
     status, body = answer
     print(body.get("error") or json.dumps(body), file=sys.stderr if status >= 300 else sys.stdout)
     return EXIT_OK if status < 300 else EXIT_UNSAFE
 
 
-async def _offline(action: str, spool: Spool, config: Config, env: Any) -> tuple[int, dict]:
+async def _offline(action: str, root: Path, config: Config, env: Any) -> tuple[int, dict]:
     try:
-        spool.lock()
+        Spool(root).lock()
     except SpoolBusy:
-        return 503, {"error": f"a send-sikkert daemon holds {spool.dir}, but its API on "
+        return 503, {"error": f"a send-sikkert daemon holds {root}, but its API on "
                               f"http.listen does not answer; nothing was changed"}
     if action == "delete":
-        await admin.delete(spool, config, env)
+        found = partitions.owner(root, env.id)
+        assert found is not None
+        await admin.delete(found[1], config, env)
         return 200, {"deleted": env.id}
-    targets = [env] if env is not None else spool.load_all()
-    for target in targets:
-        for r in target.recipients:
-            if not r.state.final:
-                r.next_attempt = 0.0
-        await spool.update(target)
+    for folder in partitions.partitions(root):
+        spool = Spool(folder)
+        for target in spool.load_all():
+            if env is not None and target.id != env.id:
+                continue
+            for r in target.recipients:
+                if not r.state.final:
+                    r.next_attempt = 0.0
+            await spool.update(target)
     return 200, {"retry": env.id if env else "all", "note": "applies when the daemon starts"}
 
 

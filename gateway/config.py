@@ -261,6 +261,9 @@ class HttpConfig(Section):
 
 class SpoolConfig(Section):
     dir: FilePath
+    # Worker processes sharing the SMTP port, each with its own part of the spool;
+    # 0: one per CPU.
+    workers: Annotated[int, Strict(), Field(ge=0, le=256)] = 0
 
 
 class QueueConfig(Section):

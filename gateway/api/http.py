@@ -1,7 +1,9 @@
 """The HTTP API on `http.listen`: address check, health, readiness, metrics, queue admin.
 
-`/api/check` answers with the same classifier the daemon uses. The queue endpoints are
-for `send-sikkert queue` on the same host and answer loopback clients only.
+It runs in the supervisor (gateway/supervisor.py), beside the workers: `/api/check`
+answers with the same classifier the workers use, `/metrics` adds up every process,
+and the queue endpoints pass retry and delete to the worker that owns the message.
+They are for `send-sikkert queue` on the same host and answer loopback clients only.
 """
 
 from __future__ import annotations
@@ -12,17 +14,18 @@ import json
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.api.addin import add_addin
 from gateway.api.pages import add_pages
 from gateway.cluster import DatabaseUnavailable
+from gateway.control import WorkerUnavailable
 from gateway.directory import DirectoryUnavailable
 from gateway.policy.address import InvalidAddress, normalise
 from gateway.spool import admin
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.supervisor import Supervisor as Gateway
 
 GATEWAY = web.AppKey("gateway", object)
 
@@ -88,6 +91,7 @@ async def readyz(request: web.Request) -> web.Response:
             await directory.ping()
         except DirectoryUnavailable as e:
             reasons.append(f"certificate directory unreachable: {e}")
+    reasons += gateway.readiness_problems()
     # Every node shares the database: an outage is no reason to take this one out of the
     # balancer, and accepting mail never depends on it. It is said, not failed.
     warnings = []
@@ -105,7 +109,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def prometheus(request: web.Request) -> web.Response:
-    body = generate_latest()
+    body = await asyncio.to_thread(_gateway(request).render_metrics)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -120,16 +124,18 @@ def _loopback_only(request: web.Request) -> None:
 
 async def queue_list(request: web.Request) -> web.Response:
     _loopback_only(request)
-    scheduler = _gateway(request).scheduler
-    envelopes = list(scheduler.messages.values()) if scheduler else []
+    envelopes = await _gateway(request).queue_envelopes()
     return web.json_response(admin.listing(envelopes), dumps=_dumps)
 
 
 async def queue_retry(request: web.Request) -> web.Response:
     _loopback_only(request)
-    scheduler = _gateway(request).scheduler
     queue_id = request.match_info.get("id")
-    if scheduler is None or not scheduler.retry(queue_id):
+    try:
+        found = await _gateway(request).retry(queue_id)
+    except WorkerUnavailable as e:
+        return web.json_response({"error": str(e)}, status=503)
+    if not found:
         return web.json_response({"error": f"no message {queue_id}"}, status=404)
     return web.json_response({"retry": queue_id or "all"})
 
@@ -142,6 +148,8 @@ async def queue_delete(request: web.Request) -> web.Response:
         found = await gateway.delete(queue_id)
     except admin.Busy as e:
         return web.json_response({"error": str(e)}, status=409)
+    except WorkerUnavailable as e:
+        return web.json_response({"error": str(e)}, status=503)
     if not found:
         return web.json_response({"error": f"no message {queue_id}"}, status=404)
     return web.json_response({"deleted": queue_id})

@@ -23,9 +23,13 @@ dsn_sent = Counter(
     "Delivery status notifications generated, by action.",
     ["action"],
 )
-queue_messages = Gauge("sendsikkert_queue_messages", "Messages in the spool.")
+# Several worker processes write these (prometheus-client's multiprocess mode): each
+# gauge says how the workers' values add up, and a dead worker's values are dropped.
+queue_messages = Gauge("sendsikkert_queue_messages", "Messages in the spool.",
+                       multiprocess_mode="livesum")
 queue_oldest_age = Gauge(
-    "sendsikkert_queue_oldest_age_seconds", "Age of the oldest message in the spool."
+    "sendsikkert_queue_oldest_age_seconds", "Age of the oldest message in the spool.",
+    multiprocess_mode="livemax",
 )
 delivery_seconds = Histogram(
     "sendsikkert_delivery_seconds",
@@ -49,11 +53,13 @@ tls_failures = Counter(
     "Deliveries refused because TLS could not be had or verified, by route kind.",
     ["route"],
 )
-sepo_domains = Gauge("sendsikkert_sepo_domains", "Domains on the loaded SEPO member list.")
+sepo_domains = Gauge("sendsikkert_sepo_domains", "Domains on the loaded SEPO member list.",
+                     multiprocess_mode="livemostrecent")
 department_cert_expiry = Gauge(
     "sendsikkert_department_cert_expiry_timestamp_seconds",
     "Expiry (notAfter, Unix time) of each department's signing certificate.",
     ["department"],
+    multiprocess_mode="livemostrecent",
 )
 smtp_rejections = Counter(
     "sendsikkert_smtp_rejections_total",
@@ -105,4 +111,5 @@ last_reload_successful = Gauge(
     "1 when the last reload of this source succeeded, 0 when it was refused and the running "
     "one kept (configuration: SIGHUP; sepo: the list file changed).",
     ["source"],
+    multiprocess_mode="livemin",  # 0 when any process of the daemon refused it
 )

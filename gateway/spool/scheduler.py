@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -21,6 +22,7 @@ from gateway.spool.store import Spool
 log = logging.getLogger(__name__)
 
 Attempt = Callable[[Envelope], Awaitable[None]]
+GAUGE_REFRESH = 5.0  # seconds between updates of the queue-age gauge when idle
 
 
 def backoff(attempts: int, queue: QueueConfig) -> float:
@@ -32,20 +34,25 @@ class Scheduler:
     """Runs delivery attempts when they are due, never two for one message at a time."""
 
     def __init__(self, spool: Spool, attempt: Attempt, queue: QueueConfig,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, concurrency: int | None = None) -> None:
         self.spool = spool
         self.attempt = attempt
         self.queue = queue
         self.clock = clock
         self.messages: dict[str, Envelope] = {}
+        # When each message is due, soonest first; entries may be stale (checked on use),
+        # so that a busy queue costs O(log n) per message instead of a scan per wake-up.
+        self._due: list[tuple[float, str]] = []
+        self._rescan = False  # retry() of everything: rebuild _due from the messages
+        self._gauge_at = 0.0
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._wakeup = asyncio.Event()
         self._stopping = False
-        self._slots = asyncio.Semaphore(queue.concurrency)
-        metrics.queue_oldest_age.set_function(self._oldest_age)
+        self._slots = asyncio.Semaphore(concurrency or queue.concurrency)
 
     def add(self, envelope: Envelope) -> None:
         self.messages[envelope.id] = envelope
+        heapq.heappush(self._due, (self.due_at(envelope), envelope.id))
         self._update_gauges()
         self._wakeup.set()
 
@@ -58,6 +65,10 @@ class Scheduler:
             for r in env.recipients:
                 if not r.state.final:
                     r.next_attempt = 0.0
+        if queue_id:
+            heapq.heappush(self._due, (0.0, queue_id))
+        else:
+            self._rescan = True
         self._wakeup.set()
         return True
 
@@ -78,16 +89,27 @@ class Scheduler:
         while not self._stopping:
             self._wakeup.clear()
             now = self.clock()
-            next_due = None
-            for env in list(self.messages.values()):
-                if env.id in self._inflight:
-                    continue
+            if self._rescan:
+                self._rescan = False
+                self._due = [(self.due_at(e), e.id) for e in self.messages.values()]
+                heapq.heapify(self._due)
+            while self._due and self._due[0][0] <= now:
+                _, queue_id = heapq.heappop(self._due)
+                env = self.messages.get(queue_id)
+                if env is None or queue_id in self._inflight:
+                    continue  # gone, or due again once its attempt has finished
                 due = self.due_at(env)
-                if due <= now:
-                    self._inflight[env.id] = asyncio.create_task(self._one(env))
-                elif next_due is None or due < next_due:
-                    next_due = due
-            timeout = None if next_due is None else max(0.0, next_due - now)
+                if due > now:  # a stale entry: the message is due later
+                    heapq.heappush(self._due, (due, queue_id))
+                    continue
+                self._inflight[queue_id] = asyncio.create_task(self._one(env))
+            timeout = None if not self._due else max(0.0, self._due[0][0] - now)
+            if now >= self._gauge_at:
+                # The age grows while nothing happens, so it is refreshed on a timer (a
+                # callback gauge cannot be read across worker processes).
+                metrics.queue_oldest_age.set(self._oldest_age())
+                self._gauge_at = now + GAUGE_REFRESH
+            timeout = GAUGE_REFRESH if timeout is None else min(timeout, GAUGE_REFRESH)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
 
@@ -119,6 +141,8 @@ class Scheduler:
             log.exception("cannot record the outcome of %s; it stays queued", env.id)
         finally:
             self._inflight.pop(env.id, None)
+            if env.id in self.messages:
+                heapq.heappush(self._due, (self.due_at(env), env.id))
             self._update_gauges()
             self._wakeup.set()
 

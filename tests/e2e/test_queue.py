@@ -44,7 +44,7 @@ def test_deferred_mail_survives_restart_and_crash(config: GatewayConfig, daemons
     crashed = start(config, daemons)  # picks the message up again, then dies hard
     crashed.send("signo@brondby.dk", ["hm@hotmail.dk"], MESSAGE)
     crashed.stop(signal.SIGKILL)
-    assert len(list(config.spool.glob("*.json"))) == 2
+    assert len(crashed.spooled()) == 2
 
     config.default_route = ""  # now the outbox: both go out without anyone acting
     healed = start(config, daemons)

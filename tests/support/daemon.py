@@ -42,6 +42,7 @@ class GatewayConfig:
     http_port: int = field(default_factory=free_port)
     relay_networks: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     max_message_size: int = 1_000_000
+    workers: int = 2  # the same on every machine, whatever its CPU count
     smtp_tls: str = ""  # a [smtp.tls] table, e.g. 'cert = "..."\nkey = "..."'
     smtp_extra: str = ""  # more [smtp] keys, e.g. "timeout = 1"
     internal_route: str = ""
@@ -132,6 +133,7 @@ listen = "127.0.0.1:{self.http_port}"
 
 [spool]
 dir = "{self.spool}"
+workers = {self.workers}
 
 [queue]
 retry_min = {self.retry_min}
@@ -214,6 +216,20 @@ class Daemon:
                 self.proc.wait()
         return self.proc.returncode
 
+    def worker_pids(self) -> list[int]:
+        """The worker processes under this daemon's supervisor."""
+        assert self.proc is not None
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text()
+                except OSError:
+                    continue
+                if int(stat[stat.rindex(")") + 2:].split()[1]) == self.proc.pid:
+                    pids.append(int(entry.name))
+        return sorted(pids)
+
     def signal(self, sig: int) -> None:
         assert self.proc is not None
         self.proc.send_signal(sig)
@@ -292,10 +308,14 @@ class Daemon:
         raise AssertionError(f"expected {count} file(s) in the outbox, got {self.outbox()}:\n"
                              f"{self.logs()[-4000:]}")
 
+    def spooled(self) -> list[Path]:
+        """The state files of every queued message, in every worker's part of the spool."""
+        return sorted(self.config.spool.rglob("*.json"))
+
     def wait_queue_empty(self, timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not list(self.config.spool.glob("*.json")):
+            if not self.spooled():
                 return
             time.sleep(0.05)
         raise AssertionError(f"queue not empty:\n{self.logs()[-4000:]}")

@@ -1,0 +1,80 @@
+"""One worker process: a Gateway (SMTP + delivery) on its own part of the spool.
+
+The supervisor starts each worker as `send-sikkert serve --worker N` in a fresh
+interpreter, with its end of a private control socket and the spool lock's descriptor
+inherited, and PROMETHEUS_MULTIPROC_DIR set so every metric lands in the shared folder.
+A worker dies with its supervisor (PR_SET_PDEATHSIG), so a killed daemon never leaves
+workers behind that hold the lock or the port. SIGHUP reloads, SIGTERM stops gracefully;
+the supervisor sends both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import socket
+from typing import Any
+
+from gateway.app import Gateway, load_policy
+from gateway.cluster import open_database
+from gateway.config import Config
+from gateway.control import Request, serve_worker_end
+from gateway.spool import admin
+from gateway.spool.partitions import partition_dir
+from gateway.spool.store import Spool
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """Ask the kernel to SIGKILL this process when the supervisor ends, however it ends."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it ended before we asked
+        os._exit(1)
+
+
+async def run(config: Config, index: int, workers: int, control_fd: int, parent: int) -> int:
+    """Run worker `index` of `workers` until SIGTERM or until the supervisor is gone."""
+    die_with_parent(parent)
+    database = open_database(config)
+    loaded = await load_policy(config, database=database)
+    gateway = Gateway(config, loaded, Spool(partition_dir(config.spool.dir, index)), workers,
+                      database)
+    await gateway.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    reloads: set[asyncio.Task[None]] = set()
+
+    def hup() -> None:
+        task = loop.create_task(gateway.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    async def handle(request: Request) -> dict[str, Any]:
+        queue_id = request.get("id")
+        if request.get("op") == "retry":
+            return {"found": gateway.retry(queue_id)}
+        if request.get("op") == "delete":
+            try:
+                return {"found": await gateway.delete(str(queue_id))}
+            except admin.Busy as e:
+                return {"busy": str(e)}
+        return {"error": f"unknown request {request.get('op')!r}"}
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, hup)
+    ready = asyncio.Event()
+    channel = loop.create_task(serve_worker_end(socket.socket(fileno=control_fd), handle, ready))
+    channel.add_done_callback(lambda _: stop.set())  # the supervisor went away
+    ready.set()
+    await stop.wait()
+    await gateway.stop()
+    channel.cancel()
+    return 0
