@@ -28,7 +28,7 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-format", choices=("text", "json"), default="text",
                        help="text: one line per event, like Postfix; json: one object per line")
     # How the supervisor starts its workers (gateway/worker.py); not for people.
-    for option in ("--worker", "--workers", "--control-fd", "--parent"):
+    for option in ("--worker", "--workers", "--control-fd", "--counts-fd", "--parent"):
         serve.add_argument(option, type=int, default=None, help=argparse.SUPPRESS)
 
     check = sub.add_parser("check", parents=[common], help="classify addresses")

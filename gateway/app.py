@@ -27,7 +27,7 @@ from gateway.delivery.security import TransportParts, open_transport_security
 from gateway.directory.learnt import Learner, open_store
 from gateway.directory.service import CertificateDirectory, open_directory
 from gateway.edge.handler import Handler
-from gateway.edge.limits import ConnectionLimits
+from gateway.edge.limits import ConnectionLimits, Counts
 from gateway.edge.protocol import GatewaySMTP
 from gateway.edge.proxy import ProxyPolicy
 from gateway.edge.tls import server_context
@@ -145,11 +145,13 @@ class Gateway:
     """One worker: receives into and delivers from its own part of the spool."""
 
     def __init__(self, config: Config, loaded: LoadedPolicy, spool: Spool,
-                 workers: int = 1, database: Database | None = None) -> None:
+                 workers: int = 1, database: Database | None = None,
+                 counts: Counts | None = None) -> None:
         self.config = config
         self.loaded = loaded
         self.spool = spool
         self.database = database  # the worker's own connections, opened in start()
+        self.counts = counts  # open connections of all workers (None: this one alone)
         # The hop's limits hold for the gateway as a whole: each worker takes its share.
         self.concurrency = math.ceil(config.queue.concurrency / workers)
         self.transport = _router(config, loaded)
@@ -201,7 +203,7 @@ class Gateway:
         smtp = self.config.smtp
 
         limits = ConnectionLimits(smtp.hostname, smtp.max_connections,
-                                  smtp.max_connections_per_client)
+                                  smtp.max_connections_per_client, self.counts)
 
         def protocol() -> GatewaySMTP:
             return GatewaySMTP(handler, hostname=smtp.hostname, ident="send-sikkert ESMTP",

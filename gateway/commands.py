@@ -45,7 +45,7 @@ async def run(args: argparse.Namespace, config: Config, argv: list[str]) -> int:
     if args.command == "serve" and args.worker is not None:
         from gateway import worker
         return await worker.run(config, args.worker, args.workers, args.control_fd,
-                                args.parent)
+                                args.counts_fd, args.parent)
     if args.command == "serve":
         from gateway import supervisor
         return await supervisor.serve(config, argv)

@@ -32,6 +32,7 @@ from gateway.app import LoadedPolicy, load_policy, watch_sepo, worker_count
 from gateway.cluster import open_database
 from gateway.config import Config, ConfigError, load
 from gateway.control import SupervisorEnd, WorkerGone, WorkerUnavailable
+from gateway.edge import counts
 from gateway.model import Envelope
 from gateway.observe import metrics, multiprocess
 from gateway.policy.classify import Classifier
@@ -74,6 +75,7 @@ class Supervisor:
         self.http: web.AppRunner | None = None
         self.https: HttpsContext | None = None
         self._reserved: list[socket.socket] = []
+        self._counts_fd = counts.create_table(len(self.workers))  # open connections, shared
         self._stopping = False
         self._sepo_task: asyncio.Task[None] | None = None
         metrics.sepo_domains.set(len(loaded.sepo))
@@ -154,9 +156,12 @@ class Supervisor:
         assert lock_fd is not None
         command = [sys.executable, "-m", "gateway", *self.argv, "--worker", str(w.index),
                    "--workers", str(len(self.workers)), "--control-fd", str(theirs.fileno()),
-                   "--parent", str(os.getpid())]
+                   "--counts-fd", str(self._counts_fd), "--parent", str(os.getpid())]
+        # A new worker starts with no connections: clear what a dead one left counted.
+        counts.SharedCounts(self._counts_fd, len(self.workers), w.index).clear_row()
         w.proc = await asyncio.create_subprocess_exec(
-            *command, stdin=asyncio.subprocess.DEVNULL, pass_fds=(theirs.fileno(), lock_fd))
+            *command, stdin=asyncio.subprocess.DEVNULL,
+            pass_fds=(theirs.fileno(), lock_fd, self._counts_fd))
         theirs.close()
         w.channel = SupervisorEnd(ours)
         w.started = time.monotonic()
@@ -311,6 +316,7 @@ class Supervisor:
                 w.channel.close()
         for s in self._reserved:
             s.close()
+        os.close(self._counts_fd)
         if self.loaded.directory is not None:
             await self.loaded.directory.close()
         if self.loaded.policy.replies is not None:

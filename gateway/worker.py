@@ -22,6 +22,7 @@ from gateway.app import Gateway, load_policy
 from gateway.cluster import open_database
 from gateway.config import Config
 from gateway.control import Request, serve_worker_end
+from gateway.edge.counts import SharedCounts
 from gateway.spool import admin
 from gateway.spool.partitions import partition_dir
 from gateway.spool.store import Spool
@@ -39,13 +40,14 @@ def die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-async def run(config: Config, index: int, workers: int, control_fd: int, parent: int) -> int:
+async def run(config: Config, index: int, workers: int, control_fd: int, counts_fd: int,
+              parent: int) -> int:
     """Run worker `index` of `workers` until SIGTERM or until the supervisor is gone."""
     die_with_parent(parent)
     database = open_database(config)
     loaded = await load_policy(config, database=database)
     gateway = Gateway(config, loaded, Spool(partition_dir(config.spool.dir, index)), workers,
-                      database)
+                      database, SharedCounts(counts_fd, workers, index))
     await gateway.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
