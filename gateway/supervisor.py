@@ -137,11 +137,16 @@ class Supervisor:
                 infos = socket.getaddrinfo(listen.host, listen.port, type=socket.SOCK_STREAM,
                                            flags=socket.AI_PASSIVE)
                 for family, kind, proto, _, address in infos:
+                    # First without SO_REUSEPORT: a port any other program holds, another
+                    # send-sikkert included (same user), is refused, never shared.
+                    with socket.socket(family, kind, proto) as probe:
+                        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                        _v6only(probe, family)
+                        probe.bind(address)
                     s = socket.socket(family, kind, proto)
                     self._reserved.append(s)
                     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                    if family == socket.AF_INET6:
-                        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    _v6only(s, family)
                     s.bind(address)
             except OSError as e:
                 for s in self._reserved:
@@ -325,6 +330,11 @@ class Supervisor:
             await self.database.close()
         multiprocess.remove()
         log.info("stopped")
+
+
+def _v6only(s: socket.socket, family: int) -> None:
+    if family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
 
 
 async def serve(config: Config, argv: list[str]) -> int:

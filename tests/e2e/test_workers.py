@@ -142,3 +142,13 @@ def test_kill_9_of_workers_under_load_loses_no_accepted_message(config: GatewayC
     gateway.wait_queue_empty(timeout=30)
     delivered = {path.name.split(".")[0] for path in gateway.outbox()}
     assert set(accepted) <= delivered
+
+
+def test_a_port_another_gateway_holds_is_refused_not_shared(config: GatewayConfig, daemons):
+    start(config, daemons)
+    other = GatewayConfig(config.root / "other", config.ca)
+    other.smtp_port = config.smtp_port  # same SMTP port, own spool and HTTP port
+    other.write()
+    result = Daemon(other).cli("serve")
+    assert result.returncode == 2
+    assert "smtp.listen" in result.stderr and "in use" in result.stderr
