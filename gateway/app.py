@@ -321,6 +321,7 @@ class Gateway:
             self._prune_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._prune_task
+        await self.transport.close()
         if self.loaded.directory is not None:
             await self.loaded.directory.close()
         if self.loaded.policy.replies is not None:

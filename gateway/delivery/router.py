@@ -31,6 +31,10 @@ class Router:
                          mta_sts=mta_sts)
         self.transports: dict[str, Transport] = {"smtp": smtp, "mx": mx, "file": FileTransport()}
 
+    async def close(self) -> None:
+        """Close the SMTP sessions kept open for the next message (at shutdown)."""
+        await self.transports["smtp"].sessions.close()  # type: ignore[attr-defined]
+
     async def deliver(self, route: Route, domain: str, sender: str, rcpts: Sequence[Rcpt],
                       data: bytes, tls: TlsPolicy, *, queue_id: str, ret: str = "",
                       envid: str = "", smtputf8: bool = False) -> Result:

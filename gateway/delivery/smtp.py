@@ -14,7 +14,6 @@ the peer's chain is matched against the host's TLSA records right after the hand
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import re
@@ -26,6 +25,7 @@ from pathlib import Path
 import aiosmtplib
 
 from gateway.delivery import Rcpt, Result, Route, TlsPolicy, dane, same_reply
+from gateway.delivery.connections import Session, SessionCache, close_politely
 from gateway.errors import Reply
 from gateway.transform.downgrade import ConversionImpossible, to_7bit
 from gateway.transform.mime import MimeLimitError
@@ -49,6 +49,10 @@ class HostFailure(Exception):
 
 class _PlaintextRetry(Exception):
     """Opportunistic STARTTLS failed: Postfix's `may` level then tries without TLS."""
+
+
+class _Stale(Exception):
+    """A kept session turned out closed before anything was sent: open a new one."""
 
 
 @dataclass(frozen=True)
@@ -119,12 +123,13 @@ class SmtpTransport:
     """Delivers over SMTP to `smtp://host:port` routes, and to the hosts `mx` found."""
 
     def __init__(self, hostname: str, *, timeout: float = 60, connect_timeout: float = 30,
-                 data_timeout: float = 600) -> None:
+                 data_timeout: float = 600, sessions: SessionCache | None = None) -> None:
         self.hostname = hostname  # our EHLO name
         self.timeout = timeout  # per command
         self.connect_timeout = connect_timeout  # TCP connect and greeting
         self.data_timeout = data_timeout  # RFC 5321 4.5.3.2.6: 10 minutes for the DATA reply
         self._contexts: dict[TlsPolicy, tuple[int, ssl.SSLContext]] = {}  # with the CA's mtime
+        self.sessions = sessions or SessionCache()
 
     async def deliver(self, route: Route, domain: str, sender: str, rcpts: Sequence[Rcpt],
                       data: bytes, tls: TlsPolicy, *, queue_id: str, ret: str = "",
@@ -160,7 +165,23 @@ class SmtpTransport:
 
     async def _session(self, address: str, port: int, tls_name: str, message: Outgoing,
                        tls: TlsPolicy, *, starttls: bool) -> HostReplies:
+        """The transaction over a kept session to this hop, else over a new one."""
         peer = describe_peer(address, port, tls_name)
+        # Never shared across TLS policies or certificate names (nor with plaintext retries).
+        key = (address, port, tls_name, tls, starttls)
+        kept = self.sessions.take(key)
+        if kept is not None:
+            try:
+                return await self._over(kept, key, message, peer)
+            except _Stale:
+                pass  # the hop closed it while it was idle
+        client = await self._open(address, port, tls_name, tls, peer, message.queue_id,
+                                  starttls=starttls)
+        return await self._over(Session(client), key, message, peer)
+
+    async def _open(self, address: str, port: int, tls_name: str, tls: TlsPolicy, peer: str,
+                    queue_id: str, *, starttls: bool) -> aiosmtplib.SMTP:
+        """A new session past EHLO, and STARTTLS as the policy demands."""
         client = aiosmtplib.SMTP(hostname=address, port=port, local_hostname=self.hostname,
                                  timeout=self.timeout, start_tls=False)
         try:
@@ -173,20 +194,35 @@ class SmtpTransport:
             try:
                 await _hello(client)
                 if starttls:
-                    await self._starttls(client, tls, tls_name, peer, message.queue_id)
+                    await self._starttls(client, tls, tls_name, peer, queue_id)
             except aiosmtplib.SMTPResponseException as e:
                 raise HostFailure(server_reply(e.code, e.message)) from None
             except (aiosmtplib.SMTPException, OSError) as e:
                 raise HostFailure(Reply(451, "4.4.2", f"lost connection with {peer}: {e}")
                                   ) from None
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    async def _over(self, session: Session, key: tuple, message: Outgoing,
+                    peer: str) -> HostReplies:
+        """One transaction; then the session is kept for the next message or closed."""
+        client = session.client
+        keep = False
+        try:
             ssl_object = client.get_transport_info("ssl_object")
-            answer = await self._transaction(client, message, peer)
+            answer, keep = await self._transaction(client, message, peer,
+                                                   reused=session.messages > 0)
             if ssl_object is None:
                 return answer
             return replace(answer, tls_version=ssl_object.version() or "",
                            tls_cipher=(ssl_object.cipher() or ("",))[0])
         finally:
-            client.close()
+            if keep:
+                await self.sessions.release(key, session)
+            else:
+                await close_politely(client)
 
     async def _starttls(self, client: aiosmtplib.SMTP, tls: TlsPolicy, tls_name: str,
                         peer: str, queue_id: str) -> None:
@@ -232,15 +268,25 @@ class SmtpTransport:
             self._contexts[key] = cached
         return cached[1]
 
-    async def _transaction(self, client: aiosmtplib.SMTP, message: Outgoing,
-                           peer: str) -> HostReplies:
-        # Asked before QUIT, which makes aiosmtplib forget the extensions.
+    async def _transaction(self, client: aiosmtplib.SMTP, message: Outgoing, peer: str,
+                           *, reused: bool = False) -> tuple[HostReplies, bool]:
+        """The replies, and whether the session ended in a state fit for another message.
+
+        _Stale when a kept (`reused`) session fails at MAIL: nothing was sent, so the
+        message goes over a new session instead.
+        """
+        answer, clean = await self._commands(client, message, peer, reused)
+        clean = clean and all(r.code != 421 for r in answer.replies.values())
+        return answer, clean
+
+    async def _commands(self, client: aiosmtplib.SMTP, message: Outgoing, peer: str,
+                        reused: bool) -> tuple[HostReplies, bool]:
         dsn = client.supports_extension("dsn")
         utf8 = client.supports_extension("smtputf8")
         no_utf8 = Reply(553, "5.6.7", f"{peer} does not support SMTPUTF8, which this "
                                       "message or address needs")
         if message.needs_utf8 and not utf8:
-            return HostReplies({r.address: no_utf8 for r in message.rcpts}, dsn)
+            return HostReplies({r.address: no_utf8 for r in message.rcpts}, dsn), True
         replies: dict[str, Reply] = {}
         rcpts = []
         for r in message.rcpts:
@@ -249,13 +295,13 @@ class SmtpTransport:
             else:
                 replies[r.address] = no_utf8
         if not rcpts:
-            return HostReplies(replies, dsn)
+            return HostReplies(replies, dsn), True
         if not message.data.isascii() and not client.supports_extension("8bitmime"):
             try:  # RFC 6152 3: never 8-bit data to a server that did not ask for it
                 data = await asyncio.to_thread(to_7bit, message.data)
             except (ConversionImpossible, MimeLimitError) as e:
                 replies.update({r.address: Reply(554, "5.6.3", str(e)) for r in rcpts})
-                return HostReplies(replies, dsn)
+                return HostReplies(replies, dsn), True
             message = dataclasses.replace(message, data=data)
         use_utf8 = utf8 and (message.needs_utf8 or not all(r.address.isascii() for r in rcpts))
         encoding = "utf-8" if use_utf8 else "ascii"
@@ -264,12 +310,19 @@ class SmtpTransport:
                 await client.mail(message.sender, options=_mail_options(client, message, use_utf8),
                                   encoding=encoding)
             except aiosmtplib.SMTPSenderRefused as e:
+                if reused and e.code == 421:
+                    raise _Stale() from None
                 reply = server_reply(e.code, e.message)
                 replies.update({r.address: reply for r in rcpts})
-                return HostReplies(replies, dsn)
+                return HostReplies(replies, dsn), True
             except ValueError as e:  # an address aiosmtplib will not put on a command line
                 replies.update({r.address: Reply(553, "5.1.7", str(e)) for r in rcpts})
-                return HostReplies(replies, dsn)
+                return HostReplies(replies, dsn), True
+            except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError,
+                    OSError):
+                if reused:
+                    raise _Stale() from None
+                raise
             accepted = []
             for r in rcpts:
                 try:
@@ -286,15 +339,14 @@ class SmtpTransport:
                 except aiosmtplib.SMTPDataError as e:
                     reply = server_reply(e.code, e.message)
                 replies.update({r.address: reply for r in accepted})
-            with contextlib.suppress(aiosmtplib.SMTPException, OSError):
-                await client.quit()
         except (aiosmtplib.SMTPException, OSError) as e:
             # Accepted recipients whose DATA reply never came may be delivered twice later:
             # RFC 5321 6.1 prefers that to losing the message.
             lost = Reply(451, "4.4.2", f"lost connection with {peer}: {e}")
             for r in rcpts:
                 replies.setdefault(r.address, lost)
-        return HostReplies(replies, dsn)
+            return HostReplies(replies, dsn), False
+        return HostReplies(replies, dsn), True
 
 
 async def _hello(client: aiosmtplib.SMTP) -> None:

@@ -152,6 +152,12 @@ class SmtpSink:
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
+    def drop_connections(self) -> None:
+        """Close every open connection, as a hop does with idle clients."""
+        for p in self._protocols:
+            if p.transport is not None:
+                p.transport.close()
+
     async def stop(self) -> None:
         """Stop listening and drop the connections still open."""
         if self._server is None:
