@@ -7,6 +7,13 @@ when it parses, is signed by its issuer (when that CA is configured) and is not 
 a failed or forged download never loses the last good list. Whether a held CRL is still
 fresh is judged at validation time by pyhanko-certvalidator, which also verifies its
 signature against the validated path (RFC 5280 §6.3).
+
+At national scale (an OCES CRL lists hundreds of thousands of serials) a linear scan
+per lookup costs hundreds of milliseconds, so each CRL is also indexed by serial when
+it is loaded or refreshed (in the loading thread): its serials sorted, with their
+revocation times beside them, searched by bisection. `IndexedCrls.status` answers from
+that index for a complete CRL (no delta, no issuing distribution point) that is current
+and signed by the certificate's issuer; anything else is left to pyhanko-certvalidator.
 """
 
 from __future__ import annotations
@@ -16,15 +23,17 @@ import glob
 import logging
 import os
 import re
+from array import array
+from bisect import bisect_left
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
 from asn1crypto import crl as asn1_crl
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +44,58 @@ MAX_RETRY = timedelta(minutes=15)
 
 @dataclass(frozen=True)
 class _Held:
-    crl: x509.CertificateRevocationList  # for the store's own checks
+    crl: x509.CertificateRevocationList  # for the store's own checks and the serial index
     data: asn1_crl.CertificateList  # for pyhanko, only ever read by the validator
     stamp: tuple[float, int] | None = None  # a file's mtime and size when read
+    complete: bool = False  # a full CRL of its issuer: the index can answer alone
+    serials: list[int] = field(default_factory=list, compare=False)  # sorted
+    revoked_at: array[float] = field(default_factory=lambda: array("d"), compare=False)
+    verified: dict[bytes, bool] = field(default_factory=dict, compare=False)  # key -> valid
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """What an indexed CRL says about one serial."""
+
+    revoked: bool
+    date: datetime | None = None
+
+
+class IndexedCrls:
+    """The CRLs held at one moment, answering by serial (RFC 5280 §6.3.3, complete CRLs)."""
+
+    def __init__(self, held: Sequence[_Held]) -> None:
+        self._held = list(held)
+
+    def status(self, serial: int, issuer: x509.Name, issuer_key: object,
+               moment: datetime) -> Revocation | None:
+        """Revoked or not by a current, complete CRL signed by `issuer_key`; None: unknown here."""
+        answer = None
+        for held in self._held:
+            crl = held.crl
+            if not held.complete or crl.issuer != issuer:
+                continue
+            if crl.next_update_utc is None or not crl.last_update_utc <= moment <= \
+                    crl.next_update_utc:
+                continue  # stale or not yet valid: pyhanko explains why
+            if not _verified(held, issuer_key):
+                continue
+            i = bisect_left(held.serials, serial)
+            if i < len(held.serials) and held.serials[i] == serial:
+                return Revocation(True, datetime.fromtimestamp(held.revoked_at[i], UTC))
+            answer = Revocation(False)
+        return answer
+
+
+def _verified(held: _Held, key: object) -> bool:
+    """Whether `key` signed the CRL, computed once per CRL and key (it hashes the whole list)."""
+    der = key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)  # type: ignore[attr-defined]
+    if der not in held.verified:
+        try:
+            held.verified[der] = held.crl.is_signature_valid(key)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            held.verified[der] = False
+    return held.verified[der]
 
 
 @dataclass
@@ -65,8 +123,14 @@ class CrlStore:
 
     def current(self) -> list[asn1_crl.CertificateList]:
         """Every CRL held, stale ones included: the validator judges freshness."""
-        held = list(self._files.values()) + [u.held for u in self._urls if u.held]
-        return [h.data for h in held]
+        return [h.data for h in self._all()]
+
+    def indexed(self) -> IndexedCrls:
+        """The CRLs held now, for lookups by serial (taken on the loop, used in a thread)."""
+        return IndexedCrls(self._all())
+
+    def _all(self) -> list[_Held]:
+        return list(self._files.values()) + [u.held for u in self._urls if u.held]
 
     async def ensure_loaded(self) -> None:
         """Load every CRL once, so that no certificate is judged before its CRL is known."""
@@ -179,7 +243,20 @@ class CrlStore:
             raise ValueError(f"signature does not verify with {crl.issuer.rfc4514_string()}'s key")
         if held and crl.last_update_utc < held.crl.last_update_utc:
             raise ValueError("older than the CRL held")
-        return _Held(crl, asn1_crl.CertificateList.load(data), stamp)
+        entries = sorted((r.serial_number, r.revocation_date_utc.timestamp()) for r in crl)
+        return _Held(crl, asn1_crl.CertificateList.load(data), stamp, _complete(crl),
+                     serials=[serial for serial, _ in entries],
+                     revoked_at=array("d", (when for _, when in entries)))
+
+
+def _complete(crl: x509.CertificateRevocationList) -> bool:
+    """A full CRL for every certificate of its issuer (no delta, no partitioned scope)."""
+    for ext in crl.extensions:
+        if isinstance(ext.value, x509.DeltaCRLIndicator | x509.IssuingDistributionPoint):
+            return False
+        if ext.critical and not isinstance(ext.value, x509.CRLNumber | x509.AuthorityKeyIdentifier):
+            return False
+    return True
 
 
 def _signed_by(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from asn1crypto import crl as asn1_crl
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, PublicKeyAlgorithmOID
 from pyhanko_certvalidator import CertificateValidator, ValidationContext
@@ -38,6 +39,7 @@ from pyhanko_certvalidator.path import ValidationPath
 from pyhanko_certvalidator.policy_decl import NO_REVOCATION, CertRevTrustPolicy
 from pyhanko_certvalidator.revinfo.validate_crl import verify_crl
 
+from gateway.directory.crl import IndexedCrls, Revocation
 from gateway.model import CertificateInfo, RecipientClass
 
 if TYPE_CHECKING:
@@ -244,8 +246,15 @@ class RecipientValidator:
         held but unusable (stale, bad signature). Soft-fail accepts whatever is unknown.
         """
         unavailable = False
+        # The CRLs held now, looked up by serial (an OCES list is too long to scan).
+        indexed = self.crls.indexed() if self.crls else IndexedCrls([])
         members = list(path.iter_certs(include_root=False))  # the recipient's comes last
         for i, member in enumerate(members, 1):
+            known = _indexed_status(indexed, member, path, context.moment)
+            if known is not None:  # a complete, current CRL of the issuer, looked up by serial
+                if known.revoked:
+                    return f"revoked {known.date:%Y-%m-%d}"
+                continue
             try:
                 await verify_crl(member, path, context)
             except RevokedError as e:
@@ -260,6 +269,18 @@ class RecipientValidator:
 def _moment(now: datetime | None) -> datetime:
     moment = now or datetime.now(UTC)
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _indexed_status(indexed: IndexedCrls, member: asn1_x509.Certificate, path: ValidationPath,
+                    moment: datetime) -> Revocation | None:
+    """The serial index's answer for one path member; None when pyhanko must decide."""
+    try:
+        authority = path.find_issuing_authority(member)
+        key = serialization.load_der_public_key(authority.public_key.dump())
+        cert = x509.load_der_x509_certificate(member.dump())
+    except (LookupError, ValueError):
+        return None
+    return indexed.status(cert.serial_number, cert.issuer, key, moment)
 
 
 def _smime_problem(address: str, cert: x509.Certificate) -> str | None:

@@ -241,3 +241,24 @@ async def test_run_keeps_refreshing(tmp_path, ca):
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_a_crl_is_indexed_by_serial_and_answers_only_for_its_signer(tmp_path, ca):
+    leaf, other = ca.issue(ADDRESS), ca.issue("someone@example.dk")
+    when = NOW - timedelta(days=3)
+    ca.revoke(leaf, when)
+    (tmp_path / "ca.crl").write_bytes(ca.crl())
+    store = CrlStore([str(tmp_path / "ca.crl")], [ca.cert])
+    await store.refresh()
+    indexed = store.indexed()
+    key = ca.cert.public_key()
+    revoked = indexed.status(leaf.cert.serial_number, ca.cert.subject, key, NOW)
+    assert revoked is not None and revoked.revoked and revoked.date == when.replace(microsecond=0)
+    assert indexed.status(other.cert.serial_number, ca.cert.subject, key, NOW).revoked is False
+    # Signed by another key, of another issuer, or not current: not for the index to say.
+    stranger = CA("Stranger CA")
+    assert indexed.status(leaf.cert.serial_number, ca.cert.subject,
+                          stranger.cert.public_key(), NOW) is None
+    assert indexed.status(leaf.cert.serial_number, stranger.cert.subject, key, NOW) is None
+    assert indexed.status(leaf.cert.serial_number, ca.cert.subject, key,
+                          NOW + timedelta(days=30)) is None
