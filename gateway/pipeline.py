@@ -45,6 +45,7 @@ from gateway.transform.secure import protect
 
 log = logging.getLogger(__name__)
 
+INLINE_BYTES = 1 << 20  # smaller messages are handled on the loop, larger ones in a thread
 OPPORTUNISTIC = TlsPolicy(level="may", ca_file=None, min_version="1.2")
 
 
@@ -120,9 +121,11 @@ class Pipeline:
             jobs = await self._inbound_jobs(env, due, data, notices)
             await self._finish(env, due, data, jobs, notices, now)
             return
-        fields, _ = rawmail.split(data)
+        fields = rawmail.head_fields(data)
         tagging = read_tags(fields, self.config.tags)
-        stripped = await asyncio.to_thread(outgoing, data, self.config.tags)
+        # Only the header is parsed; a thread hop costs more than that for ordinary mail.
+        stripped = (outgoing(data, self.config.tags) if len(data) < INLINE_BYTES
+                    else await asyncio.to_thread(outgoing, data, self.config.tags))
         if not tagging.tagged:
             jobs = await self._untagged_jobs(env, due, data, stripped, fields, tagging.subject,
                                              notices)

@@ -18,13 +18,23 @@ _HIDDEN = {"bcc", "resent-bcc"}
 
 
 def outgoing(data: bytes, tags: TagsConfig) -> bytes:
-    """The message as it may leave the gateway."""
-    fields, rest = rawmail.split(data)
+    """The message as it may leave the gateway: `data` itself when nothing changes.
+
+    Only the header block is parsed, and a message without tags or Bcc is not copied
+    (a 25 MB body stays one 25 MB object).
+    """
     kept = []
-    for field in fields:
+    changed = False
+    for field in rawmail.head_fields(data):
         if is_tag_header(field, tags) or field.name.lower() in _HIDDEN:
+            changed = True
             continue
         if field.name.lower() == "subject":
-            field = without_keyword(field, tags)
+            cleaned = without_keyword(field, tags)
+            changed |= cleaned is not field
+            field = cleaned
         kept.append(field)
+    if not changed:
+        return data
+    _, rest = rawmail.split(data)
     return rawmail.join(kept, rest)
