@@ -58,11 +58,12 @@ async def run_case(case: Case, count: int, target: Target, sink: Sink,
         outcome = await drive("127.0.0.1", target.port,
                               f"{case.name}.{target.name.replace(' ', '_')}",
                               [message or case.message()] * count, case.sessions, target.tls)
-        await asyncio.to_thread(sink.wait_for, len(outcome.accepted), 30 + case.size / 1e6)
+        await asyncio.to_thread(sink.wait_for, len(outcome.accepted), 30 + case.size / 1e6,
+                                600, case.size)
         await asyncio.sleep(0.5)  # let the relay finish its bookkeeping after the last delivery
     cpu = measure.cpu_seconds(root) - cpu_before
     grown = measure.growth(root, rss_before)
-    arrivals = sink.arrivals()
+    arrivals = sink.arrivals(min_size=case.size)
     files = sink.count()
     delivered = [i for i in outcome.accepted if i in arrivals]
     e2e = sorted(arrivals[i].time - outcome.sent[i] for i in delivered)

@@ -122,10 +122,12 @@ class Sink:
     def count(self) -> int:
         return sum(1 for _ in os.scandir(self.dir))
 
-    def arrivals(self) -> dict[str, Arrival]:
-        """Every message dumped so far, by its X-Bench-Id."""
+    def arrivals(self, min_size: int = 0) -> dict[str, Arrival]:
+        """Every message dumped whole so far (at least `min_size` bytes), by its X-Bench-Id."""
         found: dict[str, Arrival] = {}
         for entry in os.scandir(self.dir):
+            if entry.stat().st_size < min_size:
+                continue  # still arriving: smtp-sink writes the file as DATA streams in
             with open(entry.path, "rb") as f:
                 head = f.read(8192)
             m = _BENCH_ID.search(head)
@@ -135,8 +137,10 @@ class Sink:
                 found[bench_id] = Arrival(bench_id, st.st_mtime_ns / 1e9, st.st_size)
         return found
 
-    def wait_for(self, expected: int, quiet: float = 30, limit: float = 600) -> None:
-        """Until `expected` files are there and stopped growing, or nothing moved for `quiet`."""
+    def wait_for(self, expected: int, quiet: float = 30, limit: float = 600,
+                 min_size: int = 0) -> None:
+        """Until `expected` whole files are there and stopped growing, or nothing moved for
+        `quiet` seconds."""
         started = last_change = time.monotonic()
         previous = (-1, -1)
         while time.monotonic() - started < limit:
@@ -144,7 +148,7 @@ class Sink:
             now = (len(sizes), sum(sizes))
             if now != previous:
                 previous, last_change = now, time.monotonic()
-            elif len(sizes) >= expected:
+            elif sum(1 for size in sizes if size >= min_size) >= expected:
                 return
             if time.monotonic() - last_change > quiet:
                 return

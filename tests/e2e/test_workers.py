@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import smtplib
+import socket
 import threading
 import time
 
@@ -17,6 +18,7 @@ MESSAGE = (b"From: Signe <signo@brondby.dk>\r\nTo: hm@hotmail.dk\r\nSubject: hej
 
 
 def start(config: GatewayConfig, daemons: list[Daemon]) -> Daemon:
+    config.workers = max(config.workers, 2)
     daemon = Daemon(config)
     daemons.append(daemon)
     return daemon.start()
@@ -87,7 +89,9 @@ def test_fewer_workers_after_a_restart_deliver_every_message(config: GatewayConf
 
     config.workers = 1
     config.default_route = ""
-    healed = start(config, daemons)
+    healed = Daemon(config)
+    daemons.append(healed)
+    healed.start()
     assert healed.cli("queue", "retry").returncode == 0  # they wait an hour otherwise
     assert len(healed.wait_outbox(15)) == 15
     healed.wait_queue_empty()
@@ -152,3 +156,23 @@ def test_a_port_another_gateway_holds_is_refused_not_shared(config: GatewayConfi
     result = Daemon(other).cli("serve")
     assert result.returncode == 2
     assert "smtp.listen" in result.stderr and "in use" in result.stderr
+
+
+def test_connection_limits_count_every_worker(config: GatewayConfig, daemons):
+    config.smtp_extra = "max_connections = 4\nmax_connections_per_client = 3"
+    gateway = start(config, daemons)
+    assert len(gateway.worker_pids()) == 2
+    held = [socket.create_connection(("127.0.0.1", config.smtp_port)) for _ in range(3)]
+    try:
+        greetings = [s.recv(200) for s in held]
+        assert all(g.startswith(b"220") for g in greetings)
+        # Wherever the kernel puts the fourth, its worker knows of the other three.
+        for _ in range(4):
+            with socket.create_connection(("127.0.0.1", config.smtp_port)) as extra:
+                assert extra.recv(200).startswith(b"421 4.7.0")
+    finally:
+        for s in held:
+            s.close()
+    time.sleep(0.3)
+    with socket.create_connection(("127.0.0.1", config.smtp_port)) as again:
+        assert again.recv(200).startswith(b"220")

@@ -42,7 +42,9 @@ class GatewayConfig:
     http_port: int = field(default_factory=free_port)
     relay_networks: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     max_message_size: int = 1_000_000
-    workers: int = 2  # the same on every machine, whatever its CPU count
+    # One worker keeps the many daemon starts of the suite cheap on shared cores; the
+    # scenarios of several workers (tests/e2e/test_workers.py) ask for more.
+    workers: int = 1
     smtp_tls: str = ""  # a [smtp.tls] table, e.g. 'cert = "..."\nkey = "..."'
     smtp_extra: str = ""  # more [smtp] keys, e.g. "timeout = 1"
     internal_route: str = ""

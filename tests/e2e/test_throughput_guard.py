@@ -1,0 +1,54 @@
+"""Regression guard: untagged throughput as a ratio to a bare SMTP server, in one run.
+
+A few seconds of load from the benchmark's generator (bench/load.py): first straight
+into an aiosmtpd sink (the baseline: what this machine does right now), then through
+the real daemon into the same sink. The gateway's end-to-end rate must stay above a
+fraction of the baseline's, so a busy machine slows both and the ratio holds; an
+absolute number would only measure the machine. The full comparison with Postfix is
+`scripts/bench` (README "Performance").
+"""
+
+from __future__ import annotations
+
+import time
+
+from bench.load import Message, drive
+from tests.support.daemon import Daemon, GatewayConfig
+from tests.support.sink import SmtpSink
+
+MESSAGES = 400
+SESSIONS = 10
+# Measured on 2 shared cores: about 0.3-0.45 with two workers, 0.12 before issue 9.
+FLOOR = 0.2
+BODY = b"Kaere modtager, en almindelig linje tekst i et brev fra kommunen.\r\n" * 75
+
+
+def message() -> Message:
+    header = (b"From: Lene <lela@brondby.dk>\r\nTo: <modtager@example.net>\r\n"
+              b"Subject: Ugeplan\r\nMessage-ID: <guard@brondby.dk>\r\n")
+    return Message("lela@brondby.dk", ("modtager@example.net",), header, BODY)
+
+
+async def rate_into(sink: SmtpSink, port: int, name: str) -> float:
+    before = len(sink.messages)
+    outcome = await drive("127.0.0.1", port, name, [message()] * MESSAGES, SESSIONS)
+    assert len(outcome.accepted) == MESSAGES, outcome.errors or outcome.refused
+    await sink.wait_for(before + MESSAGES, within=60)
+    return MESSAGES / (time.time() - outcome.started)
+
+
+async def test_untagged_throughput_stays_above_a_fraction_of_a_bare_server(
+        config: GatewayConfig, daemons):
+    async with SmtpSink() as sink:
+        config.default_route = sink.route
+        config.max_age = 3600
+        gateway = Daemon(config)
+        daemons.append(gateway)
+        gateway.start()
+        await rate_into(sink, sink.port, "warm")  # imports, connections, caches
+        baseline = await rate_into(sink, sink.port, "bare")
+        through = await rate_into(sink, config.smtp_port, "gateway")
+        ratio = through / baseline
+        print(f"bare aiosmtpd {baseline:.0f} msgs/s, through the gateway {through:.0f} "
+              f"msgs/s end to end: {ratio:.2f}")
+        assert ratio >= FLOOR, f"{ratio:.2f} of a bare server, floor {FLOOR}"
