@@ -79,11 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             from gateway.observe import multiprocess
             multiprocess.prepare(config.spool.dir)
         from gateway import commands
-        work = commands.run(args, config, argv if argv is not None else sys.argv[1:])
-        if args.command == "serve":
-            import uvloop  # the daemon's loop: libuv, markedly cheaper per message
-            return uvloop.run(work)
-        return asyncio.run(work)
+        return asyncio.run(commands.run(args, config, argv if argv is not None else sys.argv[1:]))
     except ConfigError as e:
         print(f"send-sikkert: configuration error: {e}", file=sys.stderr)
         return EXIT_USAGE
