@@ -48,6 +48,11 @@ class Target:
         return self._pid() if callable(self._pid) else self._pid
 
 
+def whole(case: Case) -> int:
+    """The least size of a complete dump (smtp-sink writes LF where the mail had CRLF)."""
+    return int(case.size * 0.9)
+
+
 async def run_case(case: Case, count: int, target: Target, sink: Sink,
                    message: Message | None = None) -> dict[str, Any]:
     sink.clear()
@@ -59,11 +64,11 @@ async def run_case(case: Case, count: int, target: Target, sink: Sink,
                               f"{case.name}.{target.name.replace(' ', '_')}",
                               [message or case.message()] * count, case.sessions, target.tls)
         await asyncio.to_thread(sink.wait_for, len(outcome.accepted), 30 + case.size / 1e6,
-                                600, case.size)
+                                600, whole(case))
         await asyncio.sleep(0.5)  # let the relay finish its bookkeeping after the last delivery
     cpu = measure.cpu_seconds(root) - cpu_before
     grown = measure.growth(root, rss_before)
-    arrivals = sink.arrivals(min_size=case.size)
+    arrivals = sink.arrivals(min_size=whole(case))
     files = sink.count()
     delivered = [i for i in outcome.accepted if i in arrivals]
     e2e = sorted(arrivals[i].time - outcome.sent[i] for i in delivered)
