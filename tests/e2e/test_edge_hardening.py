@@ -47,7 +47,7 @@ def test_nul_in_data_is_refused(gateway: Daemon, payload: bytes):
         s.command(b"RCPT TO:<b@hotmail.dk>")
         code, text = s.data(payload)
     assert code == REFUSED and b"5.6.0" in text[0], text
-    assert list(gateway.config.spool.glob("*.json")) == []
+    assert gateway.spooled() == []
 
 
 @pytest.mark.parametrize("sender", [
