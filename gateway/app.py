@@ -136,6 +136,19 @@ async def watch_sepo(holder: HoldsPolicy, watch: SepoWatch) -> None:
             metrics.sepo_domains.set(len(new))
 
 
+async def switch_policy(old: LoadedPolicy, new: LoadedPolicy) -> None:
+    """After a good reload: start the new policy's directory, close the old one's parts."""
+    if new.directory is not None:
+        await new.directory.start()
+    if old.directory is not None:
+        await old.directory.close()
+    if old.policy.replies is not None:
+        await old.policy.replies.close()
+    metrics.sepo_domains.set(len(new.sepo))
+    for source in ("configuration", "sepo"):
+        metrics.last_reload_successful.labels(source=source).set(1)
+
+
 def worker_count(config: Config) -> int:
     """`spool.workers`, where 0 means one worker per CPU."""
     return config.spool.workers or os.cpu_count() or 1
@@ -293,15 +306,7 @@ class Gateway:
             self.pipeline.reconfigure(config, loaded.policy, self.transport)
         if self.scheduler is not None:
             self.scheduler.queue = config.queue
-        if loaded.directory is not None:
-            await loaded.directory.start()
-        if old.directory is not None:
-            await old.directory.close()
-        if old.policy.replies is not None:
-            await old.policy.replies.close()
-        metrics.sepo_domains.set(len(loaded.sepo))
-        for source in ("configuration", "sepo"):
-            metrics.last_reload_successful.labels(source=source).set(1)
+        await switch_policy(old, loaded)
         log.debug("reloaded %s", config.path)  # the supervisor says so once for all workers
         if self.scheduler is not None:
             self.scheduler.retry()

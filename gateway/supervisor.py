@@ -28,7 +28,7 @@ from aiohttp import web
 
 from gateway.api.http import make_app
 from gateway.api.tls import HttpsContext, https_context
-from gateway.app import LoadedPolicy, load_policy, watch_sepo, worker_count
+from gateway.app import LoadedPolicy, load_policy, switch_policy, watch_sepo, worker_count
 from gateway.cluster import open_database
 from gateway.config import Config, ConfigError, load
 from gateway.control import SupervisorEnd, WorkerGone, WorkerUnavailable
@@ -280,15 +280,7 @@ class Supervisor:
             log.warning("http.tls switched on or off: it takes effect after a restart")
         old = self.loaded
         self.config, self.loaded = config, loaded
-        if loaded.directory is not None:
-            await loaded.directory.start()
-        if old.directory is not None:
-            await old.directory.close()
-        if old.policy.replies is not None:
-            await old.policy.replies.close()
-        metrics.sepo_domains.set(len(loaded.sepo))
-        for source in ("configuration", "sepo"):
-            metrics.last_reload_successful.labels(source=source).set(1)
+        await switch_policy(old, loaded)
         for w in self.workers:
             if w.proc is not None and w.proc.returncode is None:
                 w.proc.send_signal(signal.SIGHUP)
