@@ -171,7 +171,7 @@ trust_anchors = ["{config.certs / 'trust'}/*.pem"]
 """
     gateway = start(config, daemons, "secure")
     queue_id = gateway.send("lela@brondby.dk", [SMIME], care_mail([SMIME]))
-    record = config.spool / f"{queue_id}.json"
+    [record] = [p for p in gateway.spooled() if p.name == f"{queue_id}.json"]
 
     def state() -> dict:
         return json.loads(record.read_text())

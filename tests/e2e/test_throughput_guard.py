@@ -19,7 +19,9 @@ from tests.support.sink import SmtpSink
 MESSAGES = 300
 SESSIONS = 10
 ROUNDS = 2  # the best of each, so that a burst of load elsewhere does not decide
-FLOOR = 0.1  # see README "Performance" for what this ratio is on a calm machine
+# The test process is both sink and client, which bounds both rates: 0.15-0.17 is what
+# this ratio is on two shared cores; below 0.07 the gateway has at least halved.
+FLOOR = 0.07
 BODY = b"Kaere modtager, en almindelig linje tekst i et brev fra kommunen.\r\n" * 75
 
 
