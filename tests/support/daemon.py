@@ -312,7 +312,8 @@ class Daemon:
 
     def spooled(self) -> list[Path]:
         """The state files of every queued message, in every worker's part of the spool."""
-        return sorted(self.config.spool.rglob("*.json"))
+        spool = self.config.spool
+        return sorted([*spool.glob("*.json"), *spool.glob("w[0-9]*/*.json")])
 
     def wait_queue_empty(self, timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout
