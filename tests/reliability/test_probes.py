@@ -132,7 +132,7 @@ def test_probe(probe_gateway: Daemon, outcome, name: str):
     if code != OK:
         outcome(f"refused at DATA: {code} {text.decode(errors='replace')[:70]}")
         assert code in (LINE_TOO_LONG, REFUSED), (code, text)
-        assert list(probe_gateway.config.spool.glob("*.json")) == []
+        assert probe_gateway.spooled() == []
         return
     files = settle(probe_gateway, before)
     what, sound = describe(files)

@@ -17,7 +17,7 @@ def test_corrupt_records_are_quarantined(config: GatewayConfig, daemons, outcome
     gateway.start()
     ids = [gateway.send("a@brondby.dk", ["b@brondby.dk"], MESSAGE % i) for i in range(4)]
     gateway.stop()
-    spool = config.spool
+    spool = config.spool / "w0"  # the one worker's part of the spool
     (spool / f"{ids[0]}.json").write_bytes(b'{"version": 1, "id": ')  # torn JSON
     record = json.loads((spool / f"{ids[1]}.json").read_bytes())
     record["version"] = 99
