@@ -12,6 +12,7 @@ import asyncio
 import json
 import ssl
 import sys
+import time
 import urllib.error
 import urllib.request
 from dataclasses import fields, is_dataclass
@@ -311,9 +312,11 @@ def _ask_daemon(config: Config, method: str, path: str) -> tuple[int, dict] | No
 def _print_listing(data: dict[str, Any]) -> None:
     if not data["messages"]:
         print("queue is empty")
+    now = time.time()
     for m in data["messages"]:
+        wait = m["next_attempt"] - now
         print(f"{m['id']}  <{m['sender']}>  age {m['age_seconds']:.0f}s  "
-              f"attempts {m['attempts']}")
+              f"attempts {m['attempts']}  next {f'in {wait:.0f}s' if wait >= 1 else 'now'}")
         for r in m["recipients"]:
             print(f"    <{r['address']}> {r['state']} {r['class'] or ''} {r['last_error']}"
                   .rstrip())

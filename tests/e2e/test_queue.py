@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 
@@ -60,6 +61,14 @@ def test_queue_show_retry_and_delete(config: GatewayConfig, daemons):
     queue_id = gateway.send("signo@brondby.dk", ["hm@hotmail.dk"], MESSAGE)
     wait_deferred(gateway)
 
+    listed = gateway.cli("queue", "list")
+    assert listed.returncode == 0
+    # CONTRACT: id, sender, recipients with their state, age, attempts, next attempt, last error
+    head, recipient = listed.stdout.splitlines()[:2]
+    assert head.startswith(queue_id) and "<signo@brondby.dk>" in head
+    assert re.search(r"age \d+s +attempts 1 +next in \d+s", head), head
+    assert re.search(r"<hm@hotmail.dk> deferred plain 451 4\.4\.1 ", recipient), recipient
+
     shown = gateway.cli("queue", "show", queue_id)
     assert shown.returncode == 0
     assert "<signo@brondby.dk>" in shown.stdout and "hm@hotmail.dk" in shown.stdout
@@ -84,6 +93,15 @@ def test_queue_show_retry_and_delete(config: GatewayConfig, daemons):
         in dsn.read_bytes()
     gateway.wait_queue_empty()
     assert json.loads(gateway.cli("queue", "list", "--json").stdout) == {"messages": []}
+
+
+def test_retry_of_every_message_on_an_empty_queue_is_no_error(gateway: Daemon):
+    """CONTRACT: `queue retry [ID]` exits 0, and 1 only for an unknown ID."""
+    result = gateway.cli("queue", "retry")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"retry": "all"}  # the daemon answered, not the spool
+    unknown = gateway.cli("queue", "retry", "NOSUCHID")
+    assert unknown.returncode == 1 and "NOSUCHID" in unknown.stderr
 
 
 def test_queue_commands_without_daemon(config: GatewayConfig, daemons):
