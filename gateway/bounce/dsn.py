@@ -501,10 +501,17 @@ def _headers_only(original: bytes) -> str:
     """
     m = _END_OF_HEADERS.search(original)
     head = original[: m.start()] if m else original.rstrip(b"\r\n")
-    fields = [rawmail.make_field(f.name, mask_text(f.value)).raw if contains_cpr(f.value)
-              else f.raw for f in rawmail.parse_fields(head + b"\r\n")]
+    fields = [_masked(f) if contains_cpr(f.value) else f.raw
+              for f in rawmail.parse_fields(head + b"\r\n")]
     return b"".join(fields).decode("utf-8", "surrogateescape").replace("\r\n", "\n").rstrip(
         "\n")
+
+
+def _masked(field: rawmail.Field) -> bytes:
+    """The field with its CPR numbers masked, the value written anew and the name as it
+    came: an 8-bit name (against RFC 5322, but SMTP carries it) must not stop the report."""
+    name = field.raw.split(b":", 1)[0]
+    return name + b":" + rawmail.make_field("X", mask_text(field.value)).raw[2:]
 
 
 def _line(text: str) -> str:

@@ -334,6 +334,15 @@ def test_dlp_bounce_names_every_place_never_a_number() -> None:
     assert "Borger 010203-XXXX" in parse(dsn).get_payload()[2].get_payload()
 
 
+def test_a_field_with_an_8bit_name_is_masked_and_kept() -> None:
+    # Such a name breaks RFC 5322, but SMTP lets it through; the report must still be built
+    # (no bounce is lost) and the number in it masked.
+    original = ORIGINAL.replace(b"Subject:", b"\xc3(: 220910-1234\r\nSubject:")
+    dsn = build([unsafe("lone@gmail.example")], original=original)
+    assert b"1234" not in dsn
+    assert b"\xc3(: 220910-XXXX" in dsn
+
+
 def test_dlp_bounce_matches_the_golden_file() -> None:
     original = ORIGINAL.replace(b"Subject: Om borgeren", b"Subject: Om Bente 010190-1234")
     original = original.replace(b"X-Send-Sikkert: aeldreomsorg\r\n", b"")  # untagged
