@@ -458,6 +458,10 @@ class Pipeline:
                 log.error("%s: cannot queue the %s DSN: %s", env.id, chosen[0].action, e)
                 self._unreported(by_address, chosen)
                 continue
+            except Exception:  # a bounce nobody was told of must not end the message
+                log.exception("%s: cannot build the %s DSN", env.id, chosen[0].action)
+                self._unreported(by_address, chosen)
+                continue
             if dsn is not None:
                 self.enqueue(dsn)
 

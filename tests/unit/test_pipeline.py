@@ -65,6 +65,29 @@ async def test_a_bounce_that_cannot_be_queued_is_retried(tmp_path):
     assert b"hemmelig" not in await spool.body(dsn.id)
 
 
+class BrokenDsnSpool(Spool):
+    """A spool on which building or writing a DSN fails with an error nobody foresaw."""
+
+    async def put(self, envelope: Envelope, data: bytes) -> None:
+        if envelope.sender == "":
+            raise RuntimeError("a bug in the DSN's making")
+        await super().put(envelope, data)
+
+
+async def test_a_bounce_whose_dsn_fails_unexpectedly_is_not_final(tmp_path):
+    # Final and untold, the scheduler would drop the message: the 250 would be lost.
+    config = load(DEMO)
+    spool = BrokenDsnSpool(tmp_path)
+    spool.prepare()
+    env = Envelope(id=new_id(), sender="a@brondby.dk", recipients=[RecipientState("x@hotmail.dk")],
+                   received=time.time())
+    await spool.put(env, MESSAGE)
+    policy = Policy(Classifier(("brondby.dk",), SepoList(frozenset(), tmp_path), None), ())
+    await Pipeline(config, spool, policy, Refusing(), lambda dsn: None).attempt(env)
+    assert env.recipients[0].state == State.DEFERRED
+    assert not env.done
+
+
 class Recording:
     """A next hop (our Transport seam) that accepts everything, noting the TLS level and
     what it was given."""
