@@ -149,7 +149,16 @@ class Pipeline:
     async def _finish(self, env: Envelope, due: list[RecipientState], data: bytes,
                       jobs: list[Job], notices: list[Notice], now: float) -> None:
         """Deliver the jobs, then report and record what became of every due recipient."""
-        await asyncio.gather(*(self._deliver(env, job, notices) for job in jobs))
+        outcomes = await asyncio.gather(*(self._deliver(env, job, notices) for job in jobs),
+                                        return_exceptions=True)
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                # Fail closed, one hop at a time: its recipients wait, the others' stand.
+                log.error("%s: delivery via %s failed unexpectedly; deferring", env.id,
+                          job.route, exc_info=outcome)
+                for r in job.recipients:
+                    if not r.state.final:
+                        self._defer(env, r, Reply(451, "4.3.0", "internal error, will retry"))
         self._age_checks(env, notices)
         await self._report(env, data, notices)
         for r in due:

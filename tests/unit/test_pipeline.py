@@ -4,6 +4,7 @@ the house."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -86,6 +87,36 @@ async def test_a_bounce_whose_dsn_fails_unexpectedly_is_not_final(tmp_path):
     await Pipeline(config, spool, policy, Refusing(), lambda dsn: None).attempt(env)
     assert env.recipients[0].state == State.DEFERRED
     assert not env.done
+
+
+class HalfBroken:
+    """Two next hops: one whose delivery code fails with an error nobody foresaw (a DANE
+    lookup's bug, say), one that takes a moment and then refuses for good."""
+
+    async def deliver(self, route, domain, sender, rcpts, data, tls, **kw) -> Result:
+        if route.port == 2601:
+            raise RuntimeError("a bug in this hop's delivery")
+        await asyncio.sleep(0.05)
+        return Result({r.address: Reply(550, "5.1.1", "no such user") for r in rcpts})
+
+
+async def test_one_hop_failing_unexpectedly_defers_its_recipients_only(tmp_path):
+    # The others' outcomes must be recorded and reported, not left running after the
+    # attempt was given up (a bounce then set on nobody's record, its DSN never sent).
+    demo = load(DEMO)
+    config = demo.model_copy(update={"routes": demo.routes.model_copy(update={
+        "transport": {"a.dk": "smtp://127.0.0.1:2601", "b.dk": "smtp://127.0.0.1:2602"}})})
+    spool = Spool(tmp_path)
+    spool.prepare()
+    env = Envelope(id=new_id(), sender="a@brondby.dk", received=time.time(),
+                   recipients=[RecipientState("x@a.dk"), RecipientState("y@b.dk")])
+    await spool.put(env, MESSAGE)
+    queued: list[Envelope] = []
+    policy = Policy(Classifier(("brondby.dk",), SepoList(frozenset(), tmp_path), None), ())
+    await Pipeline(config, spool, policy, HalfBroken(), queued.append).attempt(env)
+    assert [r.state for r in env.recipients] == [State.DEFERRED, State.BOUNCED]
+    assert env.recipients[0].last_error.startswith("451 4.3.0")
+    assert len(queued) == 1  # the DSN for y@b.dk
 
 
 class Recording:
