@@ -339,7 +339,7 @@ def test_a_field_with_an_8bit_name_is_masked_and_kept() -> None:
     # (no bounce is lost) and the number in it masked.
     original = ORIGINAL.replace(b"Subject:", b"\xc3(: 220910-1234\r\nSubject:")
     dsn = build([unsafe("lone@gmail.example")], original=original)
-    assert b"1234" not in dsn
+    assert b"220910-1234" not in dsn
     assert b"\xc3(: 220910-XXXX" in dsn
 
 
