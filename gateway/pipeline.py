@@ -115,6 +115,17 @@ class Pipeline:
         due = [r for r in env.recipients if not r.state.final and r.next_attempt <= now]
         if not due:
             return
+        try:
+            await self._attempt(env, due, now)
+        except Exception:
+            # The scheduler defers what is not final. A bounce of this attempt was not
+            # reported yet (that comes last, and never raises): it must not stay final.
+            for r in due:
+                if r.state == State.BOUNCED:
+                    r.state = State.QUEUED
+            raise
+
+    async def _attempt(self, env: Envelope, due: list[RecipientState], now: float) -> None:
         data = await self.spool.body(env.id)
         notices: list[Notice] = []
         if env.from_outside:  # never tagged, never scanned (CONTRACT "Inbound")

@@ -8,6 +8,8 @@ import asyncio
 import time
 from pathlib import Path
 
+import pytest
+
 from gateway.config import load
 from gateway.delivery import Result, TlsPolicy
 from gateway.errors import Reply
@@ -277,3 +279,40 @@ async def test_a_reply_map_that_cannot_answer_defers_the_reply(tmp_path):
     await Pipeline(config, spool, policy, transport, [].append).attempt(env)
     assert env.recipients[0].state == State.DEFERRED and transport.sent == []
     assert "reply routing unavailable: database unreachable" in env.recipients[0].last_error
+
+
+class BuggyReplies(BrokenReplies):
+    """A reply map with a bug: it fails with an error nobody foresaw."""
+
+    async def find(self, message_ids):
+        raise RuntimeError("a bug in the reply map")
+
+
+async def test_an_unexpected_error_takes_back_the_bounces_of_its_attempt(tmp_path):
+    # x@hotmail.dk is bounced before the reply map fails for the next recipient: the
+    # scheduler then defers what is not final, and a bounce left final would never be
+    # reported (the message would leave the queue with nobody told).
+    config = load(DEMO)
+    spool = Spool(tmp_path)
+    spool.prepare()
+    env = Envelope(id=new_id(), sender="ole@partner.dk", from_outside=True,
+                   recipients=[RecipientState("x@hotmail.dk"),
+                               RecipientState("aeldreomsorg@brondby.dk")],
+                   received=time.time())
+    await spool.put(env, b"Subject: s\r\nIn-Reply-To: <a@brondby.dk>\r\n\r\nhej\r\n")
+    decrypted = Inbound(b"Subject: s\r\n\r\nhej\r\n", DECRYPTED, replied_to=("<a@brondby.dk>",))
+
+    class Decrypting(Receiver):
+        async def receive(self, data: bytes, queue_id: str = "") -> Inbound:
+            return decrypted
+
+    identity = CA("Pipeline test CA").issue("aeldreomsorg@brondby.dk")
+    department = Department(config.departments[0].model_copy(update={"replies": "department"}),
+                            identity.cert, (), identity.key)
+    policy = Policy(Classifier(("brondby.dk",), SepoList(frozenset(), tmp_path), None),
+                    (department,), Decrypting((), None, None, decrypt=True, tag_header="x"),
+                    BuggyReplies())
+    queued: list[Envelope] = []
+    with pytest.raises(RuntimeError):
+        await Pipeline(config, spool, policy, Recording(), queued.append).attempt(env)
+    assert not any(r.state.final for r in env.recipients) and queued == []
