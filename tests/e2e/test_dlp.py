@@ -19,6 +19,7 @@ import pytest
 from gateway.policy.dlp.cpr import contains_cpr
 from tests.support import documents
 from tests.support.daemon import SCRIPT, Daemon, GatewayConfig
+from tests.support.daemon import start as start_daemon
 from tests.support.pki import CA
 
 EXIT_NOTHING, EXIT_FOUND, EXIT_UNREADABLE = 0, 1, 2
@@ -57,9 +58,7 @@ def smime_recipient(config: GatewayConfig, ca: CA) -> None:
 
 def start(config: GatewayConfig, daemons: list[Daemon], mode: str) -> Daemon:
     config.extra = f'[dlp]\ncpr = "{mode}"\n'
-    daemon = Daemon(config)
-    daemons.append(daemon)
-    return daemon.start()
+    return start_daemon(config, daemons)
 
 
 def dsn_text(dsn: email.message.EmailMessage) -> str:

@@ -9,7 +9,7 @@ import ssl
 import pytest
 import trustme
 
-from tests.support.daemon import Daemon, GatewayConfig
+from tests.support.daemon import Daemon, GatewayConfig, start
 
 OK = 250
 RELAY_DENIED = 554
@@ -19,12 +19,6 @@ BAD_PARAMETER = 501
 MUST_STARTTLS = 530
 
 MESSAGE = b"From: a@brondby.dk\r\nTo: b@hotmail.dk\r\nSubject: hej\r\n\r\nhej\r\n"
-
-
-def start(config: GatewayConfig, daemons: list[Daemon]) -> Daemon:
-    daemon = Daemon(config)
-    daemons.append(daemon)
-    return daemon.start()
 
 
 def test_ehlo_advertises_extensions(gateway: Daemon):

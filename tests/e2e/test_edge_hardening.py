@@ -10,7 +10,7 @@ import time
 import pytest
 import trustme
 
-from tests.support.daemon import Daemon, GatewayConfig
+from tests.support.daemon import Daemon, GatewayConfig, start
 from tests.support.rawsmtp import RawSmtp
 
 OK = 250
@@ -22,12 +22,6 @@ BAD_MAILBOX = 553
 REFUSED = 554
 
 MESSAGE = b"From: a@brondby.dk\r\nTo: b@hotmail.dk\r\nSubject: hej\r\n\r\nhej\r\n"
-
-
-def start(config: GatewayConfig, daemons: list[Daemon]) -> Daemon:
-    daemon = Daemon(config)
-    daemons.append(daemon)
-    return daemon.start()
 
 
 def session(gateway: Daemon) -> RawSmtp:

@@ -19,7 +19,7 @@ from asn1crypto import cms
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 
-from tests.support.daemon import Daemon, GatewayConfig
+from tests.support.daemon import Daemon, GatewayConfig, start
 from tests.support.partner import Partner, body_der, crlf, text_entity
 from tests.support.pki import CA, NOW
 
@@ -40,12 +40,6 @@ def inbound(config: GatewayConfig, **keys: str) -> None:
     config.extra = INBOUND.format(harvest=config.root / "learnt",
                                   replies=config.root / "replies")
     config.extra += "".join(f"{k} = {v}\n" for k, v in keys.items())
-
-
-def start(config: GatewayConfig, daemons: list[Daemon]) -> Daemon:
-    daemon = Daemon(config)
-    daemons.append(daemon)
-    return daemon.start()
 
 
 def delivered(gateway: Daemon, count: int) -> dict[str, EmailMessage]:

@@ -7,18 +7,12 @@ import re
 import signal
 import time
 
-from tests.support.daemon import Daemon, GatewayConfig
+from tests.support.daemon import Daemon, GatewayConfig, start
 from tests.support.pki import rsa_key
 from tests.support.sink import free_port
 
 MESSAGE = (b"From: Signe <signo@brondby.dk>\r\nTo: hm@hotmail.dk\r\nSubject: hej\r\n"
            b"Message-ID: <q@brondby.dk>\r\n\r\nhej\r\n")
-
-
-def start(config: GatewayConfig, daemons: list[Daemon]) -> Daemon:
-    daemon = Daemon(config)
-    daemons.append(daemon)
-    return daemon.start()
 
 
 def wait_deferred(gateway: Daemon, timeout: float = 15) -> dict:

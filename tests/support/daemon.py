@@ -322,3 +322,10 @@ class Daemon:
                 return
             time.sleep(0.05)
         raise AssertionError(f"queue not empty:\n{self.logs()[-4000:]}")
+
+
+def start(config: GatewayConfig, daemons: list[Daemon]) -> Daemon:
+    """Start a daemon on `config` and add it to `daemons`, which the e2e fixture stops."""
+    daemon = Daemon(config)
+    daemons.append(daemon)
+    return daemon.start()
