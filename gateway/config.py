@@ -95,7 +95,6 @@ class FieldProblem(ValueError):
 
 Str = StrictStr
 Bool = StrictBool
-Int = Annotated[int, Strict()]
 PositiveInt = Annotated[int, Strict(), Field(gt=0)]
 Port = Annotated[int, Strict(), Field(gt=0, lt=65536)]
 Seconds = Annotated[float, Strict(), Field(gt=0)]

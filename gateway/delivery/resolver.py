@@ -57,10 +57,6 @@ class Lookup:
     secure: bool
     nxdomain: bool = False
 
-    @property
-    def security(self) -> str:
-        return "secure" if self.secure else "insecure"
-
 
 @dataclass(frozen=True)
 class Addresses:
