@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import ssl
 import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import fields, is_dataclass
+from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from gateway.config import Config
 from gateway.devpki import dev_init
 from gateway.directory import DirectoryUnavailable
 from gateway.directory.files import read_certificates
-from gateway.directory.learnt import IMPORT, Learner, open_store
+from gateway.directory.learnt import Learner, import_certificates, open_store
 from gateway.directory.service import open_validator
 from gateway.directory.validate import is_ca
 from gateway.model import RecipientClass
@@ -96,57 +97,92 @@ async def check(config: Config, addresses: list[str], as_json: bool) -> int:
 
 
 async def certs_import(config: Config, files: list[Path]) -> int:
-    """Validate each certificate as a directory certificate and add it to the learnt store."""
+    """Validate each certificate as a directory certificate and add it to the learnt store.
+
+    With a daemon running, it does the learning (and counts it in
+    sendsikkert_certificates_learnt_total{source="import"}); the files are read here.
+    """
     if config.inbound.harvest is None or config.directory.backend is None:
         print("send-sikkert: certs import needs inbound.harvest (the store of learnt "
               "certificates) and a [directory] with trust_anchors", file=sys.stderr)
         return EXIT_USAGE
+    read = [(path, *await asyncio.to_thread(_offers, path)) for path in files]
+    offers = [offer for _, offered, _ in read for offer in offered]
+    answer: tuple[int, dict] | None = (200, {"results": []})
+    if offers:
+        body = {"certificates": [{"der": _b64(o.der), "chain": [_b64(c) for c in o.chain],
+                                  "note": o.note} for o in offers]}
+        answer = await asyncio.to_thread(_ask_daemon, config, "POST", "/api/certificates",
+                                         body)
+        if answer is None:  # no daemon: learn here
+            answer = await _learn_here(config, offers)
+    status, result = answer
+    if status >= 300:
+        print(f"send-sikkert: {result.get('error', status)}", file=sys.stderr)
+        return EXIT_UNSAFE
+    learnt = iter(result["results"])
+    refused = 0
+    for path, offered, problem in read:  # one line each, in the order of the files
+        if problem:
+            print(f"send-sikkert: {path}: refused{problem}", file=sys.stderr)
+            refused += 1
+        for one in (next(learnt) for _ in offered):
+            if one["refused"]:
+                print(f"send-sikkert: {path}: refused {one['subject']}: {one['refused']}",
+                      file=sys.stderr)
+                refused += 1
+            for address in one["added"]:
+                print(f"{path}: added {one['subject']} for {address}")
+            for address in one["known"]:
+                print(f"{path}: already known: {one['subject']} for {address}")
+    return EXIT_UNSAFE if refused else EXIT_OK
+
+
+@dataclass(frozen=True)
+class _Offer:
+    """One recipient certificate of a file given to `certs import`."""
+
+    der: bytes
+    chain: tuple[bytes, ...]  # the CA certificates of the same file, for path building
+    note: str
+
+
+def _offers(path: Path) -> tuple[list[_Offer], str]:
+    """The recipient certificates in one file, or why none can be offered."""
+    try:
+        certs = read_certificates(path)
+    except OSError as e:
+        return [], f": cannot read it: {e.strerror}"
+    except ValueError:
+        return [], ": not a certificate (PEM, DER or PKCS#7)"
+    chain = tuple(c.public_bytes(Encoding.DER) for c in certs if is_ca(c))
+    leaves = [c for c in certs if not is_ca(c)]
+    if not leaves:
+        return [], ": only CA certificates, no recipient's"
+    return [_Offer(c.public_bytes(Encoding.DER), chain, f"certs import {path.name}")
+            for c in leaves], ""
+
+
+async def _learn_here(config: Config, offers: list[_Offer]) -> tuple[int, dict]:
+    """What the daemon's /api/certificates does, for when no daemon runs."""
     async with connected(config) as database:
         store = open_store(config, database)
         assert store is not None
         validator = open_validator(config.directory, config.path)
-        learner = Learner(store, validator)
-        refused = 0
         try:
-            for path in files:
-                refused += await _import_file(learner, path)
+            learnt = await import_certificates(Learner(store, validator),
+                                               [(o.der, o.chain, o.note) for o in offers])
         except DirectoryUnavailable as e:  # the store cannot be written
-            print(f"send-sikkert: {e}", file=sys.stderr)
-            return EXIT_UNSAFE
+            return 503, {"error": str(e)}
         finally:
             if validator.crls is not None:
                 await validator.crls.close()
             validator.close()
-    return EXIT_UNSAFE if refused else EXIT_OK
+    return 200, {"results": [asdict(one) for one in learnt]}
 
 
-async def _import_file(learner: Learner, path: Path) -> int:
-    """Offer every recipient certificate in one file; print a line each; how many refused."""
-    def refuse(why: str) -> int:
-        print(f"send-sikkert: {path}: refused{why}", file=sys.stderr)
-        return 1
-
-    try:
-        certs = await asyncio.to_thread(read_certificates, path)
-    except OSError as e:
-        return refuse(f": cannot read it: {e.strerror}")
-    except ValueError:
-        return refuse(": not a certificate (PEM, DER or PKCS#7)")
-    chain = [c.public_bytes(Encoding.DER) for c in certs if is_ca(c)]  # for path building
-    leaves = [c for c in certs if not is_ca(c)]
-    if not leaves:
-        return refuse(": only CA certificates, no recipient's")
-    refused = 0
-    for cert in leaves:
-        learnt = await learner.learn(cert.public_bytes(Encoding.DER), chain, IMPORT,
-                                     f"certs import {path.name}")
-        if not learnt.ok:
-            refused += refuse(f" {learnt.subject}: {learnt.refused}")
-        for address in learnt.added:
-            print(f"{path}: added {learnt.subject} for {address}")
-        for address in learnt.known:
-            print(f"{path}: already known: {learnt.subject} for {address}")
-    return refused
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
 
 
 async def config_check(config: Config) -> int:
@@ -285,8 +321,9 @@ async def _offline(action: str, root: Path, config: Config, env: Any) -> tuple[i
     return 200, {"retry": env.id if env else "all", "note": "applies when the daemon starts"}
 
 
-def _ask_daemon(config: Config, method: str, path: str) -> tuple[int, dict] | None:
-    """Call the daemon's loopback queue API; None when no daemon answers."""
+def _ask_daemon(config: Config, method: str, path: str,
+                body: dict | None = None) -> tuple[int, dict] | None:
+    """Call the daemon's loopback API (queue, certificates); None when no daemon answers."""
     listen = config.http.listen
     if listen is None:
         return None
@@ -299,12 +336,17 @@ def _ask_daemon(config: Config, method: str, path: str) -> tuple[int, dict] | No
             context = ssl.create_default_context(cafile=config.http.tls.cert)
             context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
             context.check_hostname = False
-        request = urllib.request.Request(f"{scheme}://{host}:{listen.port}{path}",
-                                         method=method)
-        with urllib.request.urlopen(request, timeout=10, context=context) as response:
+        data = json.dumps(body).encode("utf-8") if body is not None else None
+        request = urllib.request.Request(f"{scheme}://{host}:{listen.port}{path}", data=data,
+                                         method=method,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60, context=context) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
+        try:
+            return e.code, json.loads(e.read() or b"{}")
+        except ValueError:  # not our API's answer (an older daemon, a proxy)
+            return e.code, {"error": f"the daemon answered {e.code} {e.reason}"}
     except (urllib.error.URLError, OSError, ssl.SSLError):  # no daemon, or not ours
         return None
 

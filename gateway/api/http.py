@@ -9,8 +9,10 @@ They are for `send-sikkert queue` on the same host and answer loopback clients o
 from __future__ import annotations
 
 import asyncio
+import base64
 import ipaddress
 import json
+from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -21,6 +23,7 @@ from gateway.api.pages import add_pages
 from gateway.cluster import DatabaseUnavailable
 from gateway.control import WorkerUnavailable
 from gateway.directory import DirectoryUnavailable
+from gateway.directory.learnt import import_certificates
 from gateway.policy.address import InvalidAddress, normalise
 from gateway.spool import admin
 
@@ -41,6 +44,7 @@ def make_app(gateway: Gateway) -> web.Application:
     app.router.add_post("/api/queue/retry", queue_retry)
     app.router.add_post("/api/queue/{id}/retry", queue_retry)
     app.router.add_delete("/api/queue/{id}", queue_delete)
+    app.router.add_post("/api/certificates", certificates_import)
     add_pages(app, lambda: gateway.config)
     add_addin(app)
     return app
@@ -153,3 +157,25 @@ async def queue_delete(request: web.Request) -> web.Response:
     if not found:
         return web.json_response({"error": f"no message {queue_id}"}, status=404)
     return web.json_response({"deleted": queue_id})
+
+
+async def certificates_import(request: web.Request) -> web.Response:
+    """`send-sikkert certs import`: learn the certificates it read, here, where the daemon
+    counts them (sendsikkert_certificates_learnt_total{source="import"})."""
+    _loopback_only(request)
+    receiver = _gateway(request).loaded.policy.receiver
+    learner = receiver.learner if receiver is not None else None
+    if learner is None:
+        return web.json_response({"error": "the running daemon has no learnt store "
+                                           "(inbound.harvest)"}, status=409)
+    try:
+        offers = [(base64.b64decode(c["der"], validate=True),
+                   [base64.b64decode(d, validate=True) for d in c["chain"]], str(c["note"]))
+                  for c in (await request.json())["certificates"]]
+    except (ValueError, KeyError, TypeError) as e:
+        return web.json_response({"error": f"not a certificates request: {e}"}, status=400)
+    try:
+        learnt = await import_certificates(learner, offers)
+    except DirectoryUnavailable as e:  # the store cannot be written
+        return web.json_response({"error": str(e)}, status=503)
+    return web.json_response({"results": [asdict(one) for one in learnt]}, dumps=_dumps)

@@ -132,6 +132,15 @@ class Learner:
         return Learnt(subject, tuple(added), tuple(known), certificate_info(cert).describe())
 
 
+async def import_certificates(learner: Learner,
+                              offers: Sequence[tuple[bytes, Sequence[bytes], str]]) -> list[Learnt]:
+    """`certs import`: offer each (certificate, CA chain, note) as the source "import".
+
+    DirectoryUnavailable when the store cannot be written.
+    """
+    return [await learner.learn(der, chain, IMPORT, note) for der, chain, note in offers]
+
+
 def _is_ca_der(der: bytes) -> bool:
     try:
         return is_ca(x509.load_der_x509_certificate(der))

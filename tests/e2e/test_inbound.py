@@ -301,6 +301,26 @@ def test_certs_import_validates_each_certificate_like_the_directory(config, daem
         == "smime"
 
 
+def test_certs_import_with_a_daemon_running_is_counted_by_it(config, daemons, ca, tmp_path):
+    # CONTRACT: sendsikkert_certificates_learnt_total{source="import"}. A command's own
+    # counter dies with it: the daemon, which Prometheus scrapes, must do the learning.
+    inbound(config)
+    gateway = start(config, daemons)
+    ca.issue("kim@partner.dk").write(tmp_path / "kim.pem", with_chain=False)
+    (tmp_path / "junk.pem").write_bytes(b"not a certificate")
+    done = gateway.cli("certs", "import", str(tmp_path / "kim.pem"), str(tmp_path / "junk.pem"))
+    assert done.returncode == EXIT_REFUSED
+    assert done.stdout == f"{tmp_path / 'kim.pem'}: added CN=kim@partner.dk for kim@partner.dk\n"
+    assert done.stderr == f"send-sikkert: {tmp_path / 'junk.pem'}: refused: not a certificate " \
+                          "(PEM, DER or PKCS#7)\n"
+    assert gateway.metric("sendsikkert_certificates_learnt_total", source="import") == 1
+    code, line = check(gateway, "kim@partner.dk")
+    assert code == EXIT_OK and "\tsmime\t" in line and "(learnt)" in line
+    again = gateway.cli("certs", "import", str(tmp_path / "kim.pem"))
+    assert again.returncode == EXIT_OK and "already known" in again.stdout
+    assert gateway.metric("sendsikkert_certificates_learnt_total", source="import") == 1
+
+
 DEPARTMENT_REPLIES = """[[departments]]
 id = "aeldreomsorg"
 name = "Ældre og Omsorg"
