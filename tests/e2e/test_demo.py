@@ -20,6 +20,7 @@ import pytest
 
 from tests.e2e.conftest import sample
 from tests.support.daemon import SCRIPT
+from tests.support.ports import fixed_ports
 
 ROOT = Path(__file__).parents[2]
 
@@ -70,6 +71,11 @@ def test_demo_runs_from_the_repository_root(checkout: Path):
     assert (checkout / "certs" / "dev" / "aeldreomsorg.pem").exists()
 
     smtp_port, http_port = demo_ports()
+    with fixed_ports(smtp_port, http_port):  # the demo's own: one such test at a time
+        serve_the_demo(checkout, env, smtp_port, http_port)
+
+
+def serve_the_demo(checkout: Path, env: dict[str, str], smtp_port: int, http_port: int) -> None:
     log = checkout / "serve.log"
     with open(log, "wb") as err:
         proc = subprocess.Popen([SCRIPT, "serve"], cwd=checkout, env=env, stderr=err)

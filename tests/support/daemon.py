@@ -7,6 +7,8 @@ with smtplib and stops with SIGTERM.
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import os
 import signal
@@ -18,6 +20,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +29,67 @@ from tests.support.sink import free_port
 
 SCRIPT = str(Path(sys.executable).with_name("send-sikkert"))
 ADDIN_ID = "82c42fe1-1b56-4240-b588-b826a6a50405"  # the tests' Outlook add-in GUID
+
+
+def listening(ports: Iterable[int]) -> dict[str, int]:
+    """The listening TCP sockets on `ports` (any address): {"socket:[inode]": port}."""
+    wanted = set(ports)
+    found: dict[str, int] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                port = int(fields[1].rsplit(":", 1)[1], 16)
+                if fields[3] == "0A" and port in wanted:  # 0A: LISTEN
+                    found[f"socket:[{fields[9]}]"] = port
+    return found
+
+
+def holders(sockets: Iterable[str], pids: Iterable[int]) -> dict[str, set[int]]:
+    """Which of `pids` hold each of `sockets` (names as `listening` gives them)."""
+    wanted = set(sockets)
+    held: dict[str, set[int]] = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.scandir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    name = os.readlink(fd.path)
+                    if name in wanted:
+                        held.setdefault(name, set()).add(pid)
+    return held
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid` (a supervisor's workers, their helpers)."""
+    children: dict[int, list[int]] = {}
+    for child in _pids():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = Path(f"/proc/{child}/stat").read_text()
+            children.setdefault(int(stat[stat.rindex(")") + 2:].split()[1]), []).append(child)
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def describe(pids: Iterable[int]) -> str:
+    """pid and command line of each process, for an error message."""
+    out = []
+    for pid in sorted(pids):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            cmdline = "(gone)"
+        out.append(f"pid {pid}: {cmdline.strip()[:200]}")
+    return "; ".join(out)
+
+
+def _pids() -> list[int]:
+    return [int(e.name) for e in os.scandir("/proc") if e.name.isdigit()]
 
 
 def toml_list(items: list[str]) -> str:
@@ -186,23 +250,57 @@ class Daemon:
         self.log = config.root / "gateway.log"
 
     def start(self, timeout: float = 20) -> Daemon:
+        """Start the daemon and wait until it answers on both its ports.
+
+        Should another process hold one of them (`free_port` reserves, so it should not),
+        the error names that process rather than leaving the test to read its replies.
+        """
         self.config.write()
         with open(self.log, "ab") as log:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen([SCRIPT, "--config", str(self.config.path), "serve",
                                           *self.serve_args],
                                          stdout=subprocess.DEVNULL, stderr=log, env=self.env)
         deadline = time.monotonic() + timeout
+        problem = "no answer yet"
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited {self.proc.returncode}:\n{self.logs()}")
-            try:
-                if self.http("/healthz")[0] == 200:
-                    with socket.create_connection(("127.0.0.1", self.config.smtp_port), 1):
-                        return self
-            except OSError:
-                pass
+                raise RuntimeError(f"gateway exited {self.proc.returncode} ({problem})"
+                                   f"{self._strangers()}:\n{self.logs()}")
+            problem = self._unanswered()
+            if not problem:
+                strangers = self._strangers()
+                if strangers:
+                    raise RuntimeError(f"gateway answered, but{strangers}:\n{self.logs()}")
+                return self
             time.sleep(0.05)
-        raise RuntimeError(f"gateway did not start:\n{self.logs()}")
+        raise RuntimeError(f"gateway did not start within {timeout} s ({problem})"
+                           f"{self._strangers()}:\n{self.logs()}")
+
+    def _unanswered(self) -> str:
+        """What has not answered yet: "" once /healthz says 200 and SMTP greets with 220."""
+        try:
+            status, body = self.http("/healthz")
+            if status != 200:
+                return f"/healthz answered {status} {body}"
+            with socket.create_connection(("127.0.0.1", self.config.smtp_port), 5) as s:
+                s.settimeout(5)
+                banner = s.recv(512)
+        except (OSError, http.client.HTTPException) as e:  # a stranger's reply included
+            return f"{type(e).__name__}: {str(e).strip()}"
+        if not banner.startswith(b"220 "):
+            return f"the SMTP port greeted with {banner[:80]!r}"
+        return ""
+
+    def _strangers(self) -> str:
+        """" and port N is also held by pid P: cmdline" for any listener on the daemon's
+        ports outside its process tree; "" when there is none."""
+        assert self.proc is not None
+        ports = {self.config.smtp_port: "SMTP", self.config.http_port: "HTTP"}
+        sockets = listening(ports)
+        ours = holders(sockets, [self.proc.pid, *descendants(self.proc.pid)])
+        theirs = holders(set(sockets) - set(ours), _pids())
+        return "".join(f" and {ports[sockets[s]]} port {sockets[s]} is held by "
+                       f"{describe(pids)}" for s, pids in theirs.items())
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""

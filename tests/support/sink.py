@@ -22,7 +22,6 @@ import asyncio
 import email
 import email.message
 import email.policy
-import socket
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,6 +29,8 @@ from typing import Any
 
 import trustme
 from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from tests.support.ports import free_port as free_port  # where the tests have always got it
 
 _DSN_MAIL = ("RET", "ENVID")
 _DSN_RCPT = ("NOTIFY", "ORCPT")
@@ -232,13 +233,6 @@ class SmtpSink:
             self.messages.append(received)
             self._arrived.notify_all()
         return "250 2.0.0 OK: queued"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on, for "connection refused" tests."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def server_tls(ca: trustme.CA, *names: str,

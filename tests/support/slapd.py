@@ -17,13 +17,13 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
 from tests.support.pki import CA
+from tests.support.ports import free_port
 
 SLAPD = "/usr/sbin/slapd"
 SLAPADD = "/usr/sbin/slapadd"
@@ -42,13 +42,6 @@ def available() -> bool:
     """True when slapd and the client tools this helper drives are installed."""
     return all(Path(p).exists() for p in (SLAPD, SLAPADD)) and all(
         shutil.which(tool) for tool in ("ldapadd", "ldapwhoami"))
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ldif_line(name: str, value: str | bytes) -> str:
