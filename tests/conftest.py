@@ -1,14 +1,59 @@
-"""Fixtures every layer shares: a real PostgreSQL, started when a test first needs it."""
+"""Fixtures every layer shares: a real PostgreSQL, started when a test first needs it; and
+the `serial` mark (tests/support/serial.py) for runs on several xdist workers."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from gateway.cluster.database import Database
-from tests.support import postgres
+from tests.support import postgres, serial
 from tests.support.postgres import ROLE_PASSWORD, OpenNode, Postgres
+
+_run_lock = pytest.StashKey["serial.RunLock | None"]()
+
+
+def _controller(config: pytest.Config) -> bool:
+    """This process hands out the tests of an xdist run."""
+    return bool(getattr(config.option, "numprocesses", None)) and not hasattr(
+        config, "workerinput")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if _controller(config):
+        # The controller names the run, so that it can remove the run's files after.
+        config.option.testrunuid = config.option.testrunuid or uuid.uuid4().hex
+    config.stash[_run_lock] = serial.lock_for_this_process()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _controller(config):
+        serial.remove_files(config.option.testrunuid)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`serial` tests last, in their order: after the rest, nothing waits for them."""
+    items.sort(key=lambda item: item.get_closest_marker(serial.MARK) is not None)
+    serial.name_serial_tests(i.nodeid for i in items if i.get_closest_marker(serial.MARK))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """`--dist loadfile` (scripts/test) with the serial tests as one unit at the end."""
+    return serial.FileScheduling(config, log) if config.getvalue("dist") == "loadfile" else None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Setup, call and teardown of each test under the run's lock (shared, or exclusive
+    for a `serial` test), fixtures of wider scope included."""
+    lock = item.config.stash[_run_lock]
+    if lock is None:
+        return (yield)
+    with lock.hold(item.get_closest_marker(serial.MARK) is not None):
+        return (yield)
 
 
 def _server() -> Iterator[Postgres]:

@@ -154,6 +154,7 @@ def test_connection_limits(config: GatewayConfig, daemons):
     other.close()
 
 
+@pytest.mark.serial
 def test_idle_sessions_get_421_and_are_closed(config: GatewayConfig, daemons):
     config.smtp_extra = "timeout = 1"
     gateway = start(config, daemons)

@@ -135,6 +135,7 @@ async def wait_healed(db: Database, seconds: float) -> float:
     raise AssertionError(f"not healed within {seconds} s: {db.problem()}")
 
 
+@pytest.mark.serial
 async def test_a_node_starts_without_the_database_and_heals(opened, outage_pg, outage_url):
     outage_pg.stop()
     before = errors()
@@ -152,6 +153,7 @@ async def test_a_node_starts_without_the_database_and_heals(opened, outage_pg, o
     assert db.problem() is None
 
 
+@pytest.mark.serial
 async def test_a_database_that_goes_away_fails_fast_and_comes_back(opened, outage_pg,
                                                                   outage_url):
     db = await open_db(opened, outage_url)
@@ -172,6 +174,7 @@ async def test_a_database_that_goes_away_fails_fast_and_comes_back(opened, outag
     assert db.problem() is None
 
 
+@pytest.mark.serial
 async def test_a_hung_database_times_out(opened, outage_pg, outage_url):
     db = await open_db(opened, outage_url, patience=1.0)
     assert await db.wait_ready(10)

@@ -286,6 +286,7 @@ async def test_a_failed_fetch_waits_five_minutes_per_id(dns, hosts, web_ca, tmp_
     assert hosts[0].requests == ["gone.test", "gone.test"]
 
 
+@pytest.mark.serial
 async def test_a_policy_host_that_never_answers_is_bounded_in_time(dns, web_ca, tmp_path,
                                                                    clock, zone):
     async with PolicyHost(host=HOST, tls=server_tls(web_ca, "mta-sts.sts.test"),

@@ -66,6 +66,7 @@ async def test_denials_carry_their_security(resolver: DnsResolver):
     assert empty.records == () and not empty.nxdomain and empty.secure
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("name", ["servfail.test", "refused.test", "slow.test"])
 async def test_a_failure_is_neither_an_answer_nor_a_denial(server: DnsServer, name: str):
     resolver = DnsResolver([server.nameserver], timeout=1)

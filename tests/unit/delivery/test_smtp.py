@@ -257,6 +257,7 @@ async def raw_server(greeting: bytes) -> AsyncIterator[int]:
         await server.wait_closed()
 
 
+@pytest.mark.serial
 async def test_a_silent_server_times_out() -> None:
     quick = SmtpTransport(HOSTNAME, timeout=0.3, connect_timeout=0.3)
     loop = asyncio.get_running_loop()

@@ -214,6 +214,7 @@ class LoopWatch:
         self._task.cancel()
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("scheme", ["ldap", "ldaps", "starttls"])
 async def test_a_hung_server_times_out_without_blocking_the_loop(
         slapd: Slapd, ldap_ca: CA, make_source: Callable[..., LdapSource], scheme: str) -> None:
