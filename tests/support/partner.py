@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import base64
 import email
+import hashlib
 import re
 import subprocess
 from collections.abc import Sequence
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
+from asn1crypto import pkcs12 as asn1_pkcs12
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
@@ -173,13 +175,53 @@ class Partner:
 
 
 def gpgsm_pkcs12(name: bytes, who: Issued) -> bytes:
-    """`who`'s key and certificate as PKCS#12 that gpgsm 2.2 can import (old PBE only)."""
+    """`who`'s key and certificate as PKCS#12 that gpgsm 2.2 can import (old PBE only).
+
+    gpgsm 2.2's own RFC 7292 key derivation goes wrong for about one salt in a hundred:
+    when a sum in its step B.2 6(b) has a leading zero byte, it writes that block back
+    one byte short, derives another 3DES key and reports "decryption failed" for the
+    right passphrase. Such a file is made again with new salts, so gpgsm always gets one
+    it reads correctly.
+    """
     encryption = (serialization.PrivateFormat.PKCS12.encryption_builder()
                   .kdf_rounds(2048)
                   .key_cert_algorithm(pkcs12.PBES.PBESv1SHA1And3KeyTripleDESCBC)
                   .hmac_hash(hashes.SHA1())
                   .build(PASSPHRASE.encode()))
-    return pkcs12.serialize_key_and_certificates(name, who.key, who.cert, None, encryption)
+    while True:
+        data = pkcs12.serialize_key_and_certificates(name, who.key, who.cert, None, encryption)
+        if not any(_gpgsm_misderives(salt, rounds) for salt, rounds in _pbe_salts(data)):
+            return data
+
+
+def _pbe_salts(data: bytes) -> list[tuple[bytes, int]]:
+    """(salt, iterations) of each password-encrypted part of a PKCS#12 file."""
+    params = []
+    for info in asn1_pkcs12.Pfx.load(data).authenticated_safe:
+        if info["content_type"].native == "encrypted_data":  # the certificates
+            algorithm = info["content"]["encrypted_content_info"]["content_encryption_algorithm"]
+            params.append(algorithm["parameters"])
+        else:
+            for bag in asn1_pkcs12.SafeContents.load(info["content"].native):
+                if bag["bag_id"].native == "pkcs8_shrouded_key_bag":  # the key
+                    params.append(bag["bag_value"]["encryption_algorithm"]["parameters"])
+    return [(p["salt"].native, p["iterations"].native) for p in params]
+
+
+def _gpgsm_misderives(salt: bytes, iterations: int) -> bool:
+    """Whether gpgsm 2.2 derives a wrong 3DES key from PASSPHRASE and `salt`.
+
+    RFC 7292 B.2 with SHA-1 (v = 64 bytes): a 24-byte key needs a second hash, after
+    each 64-byte block I_j of I has become I_j + B + 1 (mod 2^512). gpgsm prints that
+    sum without its leading zero bytes into the block's place.
+    """
+    password = (PASSPHRASE + "\0").encode("utf-16-be")  # a BMPString with its terminator
+    i = (salt * 64)[:64] + (password * 64)[:64]
+    a = hashlib.sha1(b"\x01" * 64 + i).digest()  # ID 1: key material
+    for _ in range(iterations - 1):
+        a = hashlib.sha1(a).digest()
+    b = int.from_bytes((a * 4)[:64], "big")
+    return any((int.from_bytes(i[j:j + 64], "big") + b + 1) % 2**512 < 2**504 for j in (0, 64))
 
 
 def _entity_only(smime: bytes) -> bytes:
