@@ -20,6 +20,7 @@ import pytest
 
 from tests.e2e.conftest import sample
 from tests.support.daemon import SCRIPT
+from tests.support.identifiers import without_identifiers
 from tests.support.ports import fixed_ports
 
 ROOT = Path(__file__).parents[2]
@@ -121,7 +122,7 @@ def serve_the_demo(checkout: Path, env: dict[str, str], smtp_port: int, http_por
             time.sleep(0.05)
         [dsn] = [f for f in outbox.glob("*.eml") if f not in files]
         assert b"Subject: Ikke afleveret: CPR-nummer" in dsn.read_bytes()
-        assert b"1234" not in dsn.read_bytes()
+        assert b"1234" not in without_identifiers(dsn.read_bytes())
         scan = subprocess.run([SCRIPT, "scan", str(dsn)], cwd=checkout, env=env,
                               capture_output=True, text=True, timeout=60)
         assert scan.returncode == 0, scan.stdout  # nothing left to find in the DSN
