@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from bench.load import Message, drive
 from tests.support.daemon import Daemon, GatewayConfig
 from tests.support.sink import SmtpSink
@@ -39,6 +41,7 @@ async def rate_into(sink: SmtpSink, port: int, name: str) -> float:
     return MESSAGES / (time.time() - outcome.started)
 
 
+@pytest.mark.serial
 async def test_untagged_throughput_stays_above_a_fraction_of_a_bare_server(
         config: GatewayConfig, daemons):
     async with SmtpSink() as sink:
