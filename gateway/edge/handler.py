@@ -3,9 +3,11 @@ that does nothing but spool.
 
 Hooks stay thin and never deliver (ARCHITECTURE rule 7): MAIL and RCPT addresses pass the
 one address rule (`policy.address`: no percent hack or bang path, UTF-8 only with
-SMTPUTF8, RFC 6531 3.3); DATA refuses bare CR or LF and NUL (SMTP smuggling, RFC 5321
-2.3.8 and 4.5.2), writes the message durably, answers 250 only after the fsync and then
-tells the scheduler. A failed write answers 451 4.3.0 and nothing is lost.
+SMTPUTF8, RFC 6531 3.3); DATA, which the protocol has read into the spool's body
+(`incoming`), refuses bare CR or LF and NUL (SMTP smuggling, RFC 5321 2.3.8 and 4.5.2),
+makes the message durable, answers 250 only after the fsync and then tells the
+scheduler. A failed write answers 451 4.3.0 (452 4.3.1 when the disk is full), leaves
+nothing half-written, and nothing is lost.
 
 Clients in `relay_networks` may send anywhere; with `inbound.enabled` every other client
 may send to internal recipients only (the gateway as MX, CONTRACT "Inbound"), and its
@@ -14,10 +16,8 @@ messages are spooled as `from_outside`.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
-import re
 import time
 from collections.abc import Callable, Sequence
 
@@ -40,12 +40,9 @@ from gateway.policy.address import (
 )
 from gateway.policy.departments import Department
 from gateway.policy.tags import read_tags, resolve_department
-from gateway.spool.store import Spool, SpoolError, new_id
+from gateway.spool.store import Incoming, Spool, SpoolError, new_id
 
 log = logging.getLogger(__name__)
-
-INLINE_SCAN = 256 * 1024  # bytes scanned on the loop; larger messages in a thread
-_BAD_DATA = re.compile(rb"\r(?!\n)|(?<!\r)\n|\x00")
 
 RELAY_DENIED = "554 5.7.1 Relaying denied: this client may not send through this gateway"
 BAD_ADDRESS = "553 5.1.3 Recipient address is not a valid mailbox"
@@ -136,23 +133,26 @@ class Handler:
                        recipient=address, reply=reply)
         return reply
 
+    def incoming(self) -> Incoming:
+        """The body a new message is received into: the spool's, under a new queue id."""
+        return self.spool.incoming(new_id())
+
     async def handle_DATA(self, server: GatewaySMTP, session: Session,
                           envelope: SmtpEnvelope) -> str:
-        data = envelope.original_content or b""
-        # A scan of a large message would stall every other session: run it in a thread
-        # (for ordinary mail the hop costs more than the scan).
-        bad = (_BAD_DATA.search(data) if len(data) < INLINE_SCAN
-               else await asyncio.to_thread(_BAD_DATA.search, data))
-        if bad:
-            nul = bad[0] == b"\0"
-            reply = NUL_IN_DATA if nul else BARE_LINE_ENDING
-            metrics.smtp_rejections.labels(reason="nul" if nul else "bare_line_ending").inc()
+        assert server.received is not None
+        body, checks = server.received.body, server.received.checks
+        assert isinstance(body, Incoming)
+        if checks.nul or checks.bare_line_ending:
+            body.discard()
+            reply = NUL_IN_DATA if checks.nul else BARE_LINE_ENDING
+            metrics.smtp_rejections.labels(
+                reason="nul" if checks.nul else "bare_line_ending").inc()
             maillog.reject(client=_client(session), sender=_sender(envelope),
                            recipient=",".join(envelope.rcpt_tos), reply=reply)
             return reply
         sender = _sender(envelope)
         queued = Envelope(
-            id=new_id(),
+            id=body.queue_id,
             sender=sender,
             recipients=[
                 RecipientState(address=a, notify=server.dsn.rcpt.get(a, ((), ""))[0],
@@ -168,11 +168,11 @@ class Handler:
             from_outside=not self.may_relay(session.peer),
         )
         try:
-            await self.spool.put(queued, data)
+            await self.spool.commit(queued, body)
         except SpoolError as e:
             log.error("spool write failed: %s", e)
             return SPOOL_FULL if e.full else SPOOL_FAILED
-        fields, _ = rawmail.split(data[:65536])
+        fields, _ = rawmail.split(body.head)
         tagging = read_tags(fields, self.tags)
         tagged = tagging.tagged and not queued.from_outside  # outsiders never tag
         metrics.messages_received.labels(tagged=str(tagged).lower()).inc()
@@ -180,7 +180,7 @@ class Handler:
                       if tagged else None)
         message_id = (rawmail.get(fields, "Message-ID") or "").strip()
         maillog.received(queued.id, client=queued.client, helo=queued.helo, sender=sender,
-                         size=len(data), message_id=message_id, tagged=tagged,
+                         size=checks.size, message_id=message_id, tagged=tagged,
                          department=department.id if department else "",
                          nrcpt=len(queued.recipients))
         self.on_accepted(queued)

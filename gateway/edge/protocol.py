@@ -11,6 +11,10 @@ a failed TLS handshake is one log line; `limits` refuses connections past the ca
 421 4.7.0; a session idle for `timeout` seconds (no byte from the client, also during
 DATA) gets 421 4.4.2 before it is closed (RFC 5321 4.5.3.2.7).
 
+DATA is read in chunks, not lines (`edge/data.py`), into a body the handler gives
+(`Handler.incoming`: the spool's, streamed to disk when large); the handler's DATA hook
+then finds the body and what the reader saw in `received`.
+
 Behind a load balancer (`smtp.proxy_protocol`) it asks only trusted proxies for a PROXY
 header (`edge/proxy.py`) and keeps the client the header names as the session's peer,
 through STARTTLS too (aiosmtpd starts a fresh session after the handshake); the limits
@@ -28,6 +32,7 @@ from typing import Protocol
 from aiosmtpd.proxy_protocol import ProxyData
 from aiosmtpd.smtp import SMTP, TLSSetupException
 
+from gateway.edge.data import DataChecks, read_data
 from gateway.edge.proxy import Peer, ProxyPolicy, ProxyRefused, client_address
 from gateway.observe import metrics
 
@@ -44,6 +49,9 @@ NO_AUTH = "502 5.5.1 AUTH is not offered: relaying is allowed by client network"
 TLS_ACTIVE = "503 5.5.1 TLS is already active"
 IDLE = "421 4.4.2 {host} Idle for too long, closing the connection"
 INTERNAL = "451 4.3.0 Internal error, try again later"
+TOO_BIG = "552 5.3.4 Message size exceeds the fixed maximum message size"
+LINE_TOO_LONG = "500 5.5.2 Line too long (see RFC 5321 4.5.3.1.6)"
+READ_LIMIT = 1 << 16  # bytes the stream reader buffers before DATA is read on
 
 
 class ConnectionGate(Protocol):
@@ -56,6 +64,30 @@ class ConnectionGate(Protocol):
     def release(self, client: str) -> None:
         """An admitted connection of `client` has ended."""
         ...
+
+
+class Body(Protocol):
+    """Where the text of a message goes as it arrives (gateway.spool.store.Incoming)."""
+
+    async def write(self, data: bytes) -> None: ...
+
+    def discard(self) -> None:
+        """No 250 will be given: forget what was written."""
+        ...
+
+
+class BodyHandler(Protocol):
+    def incoming(self) -> Body:
+        """A new, empty body for the message about to be received."""
+        ...
+
+
+@dataclass
+class Received:
+    """The DATA just read: its body, and what the reader saw in it."""
+
+    body: Body
+    checks: DataChecks
 
 
 class DsnSyntaxError(ValueError):
@@ -113,9 +145,15 @@ def _source_route(arg: str, keyword: str) -> bool:
 class GatewaySMTP(SMTP):
     """SMTP with RFC 3461 parameters; the handler reads them from `self.dsn`."""
 
-    def __init__(self, *args, limits: ConnectionGate | None = None,
+    # aiosmtpd sizes its stream reader by this and holds DATA lines to it; here DATA is
+    # read in chunks of this size (edge/data.py keeps the 1001-octet line rule), and
+    # command lines stay held to command_size_limit.
+    line_length_limit = READ_LIMIT
+
+    def __init__(self, handler: BodyHandler, *args, limits: ConnectionGate | None = None,
                  proxy: ProxyPolicy | None = None, **kwargs) -> None:
         self.dsn = DsnParams()
+        self.received: Received | None = None
         self.pending_rcpt: tuple[tuple[str, ...], str] = ((), "")
         self.limits = limits
         self.client = ""  # the peer's address, once the connection is admitted
@@ -124,7 +162,7 @@ class GatewaySMTP(SMTP):
         self.proxied_peer: Peer | None = None  # the client a PROXY header named
         self._awaiting_header = False
         self._proxy_refusal = ""
-        super().__init__(*args, **kwargs)
+        super().__init__(handler, *args, **kwargs)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._original_transport is None:  # not after STARTTLS
@@ -231,6 +269,42 @@ class GatewaySMTP(SMTP):
     def _set_post_data_state(self) -> None:
         super()._set_post_data_state()
         self.dsn = DsnParams()
+        self.received = None
+
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA, with the text read in chunks into the handler's body."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        body = self.event_handler.incoming()
+        try:
+            checks = await read_data(self._reader, body.write, self.data_size_limit)
+        except asyncio.IncompleteReadError:  # the client hung up within DATA
+            body.discard()
+            if self.transport is not None:
+                self.transport.close()
+            return
+        except BaseException:
+            body.discard()
+            raise
+        if checks.refused:
+            body.discard()
+            self._set_post_data_state()
+            await self.push(LINE_TOO_LONG if checks.too_long else TOO_BIG)
+            return
+        self.received = Received(body, checks)
+        try:
+            status = await self._call_handler_hook("DATA")
+        finally:
+            self._set_post_data_state()
+        await self.push(status)
 
     async def smtp_MAIL(self, arg: str | None) -> None:
         if arg is not None and _source_route(arg, "FROM:"):

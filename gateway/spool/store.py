@@ -7,7 +7,13 @@ all their files, fsyncs them side by side (the file system's journal folds concu
 fsyncs into few commits), renames them and fsyncs the folder once. All disk work runs
 in threads so one slow write never stalls other sessions. A finished message is
 unlinked without a folder fsync, as Postfix does: after a power cut it may come back
-and be delivered twice, which RFC 5321 6.1 prefers to losing one.
+and be delivered twice, which RFC 5321 6.1 prefers to losing one; the unlinks of
+messages that finish together go in one hop too.
+
+A body arriving over SMTP is taken as it comes (`Incoming`): held in memory while it is
+small, streamed into its temporary file once it is not, so a large message never sits
+whole in memory. Bodies of recent messages stay in a bounded cache for their first
+delivery attempt, which then needs no read from disk.
 """
 
 from __future__ import annotations
@@ -35,6 +41,9 @@ STATE = ".json"
 TMP = ".tmp"
 LOCK = ".lock"
 QUARANTINE = "quarantine"
+STREAM_AT = 1 << 20  # bytes of a new body held in memory before it goes to its file
+HEAD = 65536  # bytes of a new body kept for reading its header fields
+CACHE_BYTES = 32 << 20  # bodies of recent messages kept for their first attempt
 _FSYNCS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="spool-fsync")
 
 
@@ -90,12 +99,17 @@ class GroupSync:
 
 @dataclass
 class _Write:
-    """One new message waiting for the next commit round."""
+    """One new message waiting for the next commit round.
+
+    `body_fd` is the open temporary file of a body streamed so far (-1: none yet);
+    `data` is what is still to be written to it.
+    """
 
     queue_id: str
     data: bytes
     state: bytes
     done: asyncio.Future[None]
+    body_fd: int = -1
 
 
 class GroupCommit:
@@ -106,9 +120,9 @@ class GroupCommit:
         self._pending: list[_Write] = []
         self._running: asyncio.Task[None] | None = None
 
-    async def put(self, queue_id: str, data: bytes, state: bytes) -> None:
+    async def put(self, queue_id: str, data: bytes, state: bytes, body_fd: int = -1) -> None:
         loop = asyncio.get_running_loop()
-        write = _Write(queue_id, data, state, loop.create_future())
+        write = _Write(queue_id, data, state, loop.create_future(), body_fd)
         self._pending.append(write)
         if self._running is None:
             self._running = loop.create_task(self._rounds())
@@ -140,11 +154,14 @@ def _commit(folder: Path, batch: list[_Write]) -> list[OSError | None]:
         for name, data in ((write.queue_id + BODY, write.data),
                            (write.queue_id + STATE, write.state)):
             tmp = folder / (name + TMP)
-            try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-            except OSError as e:
-                failures[i] = e
-                break
+            if name.endswith(BODY) and write.body_fd >= 0:
+                fd = write.body_fd  # streamed: the file is open, its start written
+            else:
+                try:
+                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+                except OSError as e:
+                    failures[i] = e
+                    break
             files.append((i, tmp, folder / name, fd))
             try:
                 _write_all(fd, data)
@@ -204,6 +221,132 @@ def _write_durable(path: Path, data: bytes) -> None:
         raise
 
 
+class Incoming:
+    """The body of a message being received, taken as it arrives (`Spool.incoming`).
+
+    Small bodies stay in memory and are written by the commit round; from STREAM_AT on,
+    what has come is appended to the body's temporary file in a thread. A failed write
+    is kept (`error`) and the rest of the body dropped, so the client can still be read
+    to its end and told; `Spool.commit` raises it, `discard` removes what was written.
+    """
+
+    def __init__(self, folder: Path, queue_id: str) -> None:
+        self.queue_id = queue_id
+        self.size = 0
+        self.head = b""  # the first HEAD bytes: the header fields
+        self.error: OSError | None = None
+        self._tmp = folder / (queue_id + BODY + TMP)
+        self._parts: list[bytes] = []
+        self._held = 0
+        self._fd = -1
+
+    @property
+    def streamed(self) -> bool:
+        return self._fd >= 0
+
+    async def write(self, data: bytes) -> None:
+        if len(self.head) < HEAD:
+            self.head += data[:HEAD - len(self.head)]
+        self.size += len(data)
+        if self.error is not None:
+            return
+        self._parts.append(data)
+        self._held += len(data)
+        if self._held >= STREAM_AT:
+            parts, self._parts, self._held = self._parts, [], 0
+            try:
+                await asyncio.to_thread(self._append, parts)
+            except OSError as e:
+                self.error = e
+
+    def _append(self, parts: list[bytes]) -> None:
+        if self._fd < 0:
+            self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        for part in parts:
+            _write_all(self._fd, part)
+
+    def take(self) -> tuple[bytes, int]:
+        """What is held in memory and the open file (-1: none), for the commit round."""
+        data = b"".join(self._parts)
+        self._parts, self._held = [], 0
+        fd, self._fd = self._fd, -1
+        return data, fd
+
+    def discard(self) -> None:
+        """Forget the body (no 250 will be given): close and remove its temporary file."""
+        self._parts, self._held = [], 0
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1
+            self._tmp.unlink(missing_ok=True)
+
+
+class BodyCache:
+    """Bodies of recently spooled messages, oldest forgotten first past CACHE_BYTES."""
+
+    def __init__(self, limit: int = CACHE_BYTES) -> None:
+        self.limit = limit
+        self._bodies: dict[str, bytes] = {}
+        self._bytes = 0
+
+    def add(self, queue_id: str, data: bytes) -> None:
+        if len(data) > self.limit // 8:
+            return
+        self._bodies[queue_id] = data
+        self._bytes += len(data)
+        while self._bytes > self.limit:
+            oldest = next(iter(self._bodies))
+            self._bytes -= len(self._bodies.pop(oldest))
+
+    def get(self, queue_id: str) -> bytes | None:
+        return self._bodies.get(queue_id)
+
+    def drop(self, queue_id: str) -> None:
+        data = self._bodies.pop(queue_id, None)
+        if data is not None:
+            self._bytes -= len(data)
+
+
+class GroupRemove:
+    """Unlinks the files of every message finished while the previous round ran, in one hop."""
+
+    def __init__(self) -> None:
+        self._pending: list[Path] = []
+        self._next: asyncio.Future[None] | None = None
+        self._running: asyncio.Task[None] | None = None
+
+    async def remove(self, paths: list[Path]) -> None:
+        loop = asyncio.get_running_loop()
+        self._pending += paths
+        if self._next is None:
+            self._next = loop.create_future()
+        waiter = self._next
+        if self._running is None:
+            self._running = loop.create_task(self._rounds())
+        await waiter
+
+    async def _rounds(self) -> None:
+        try:
+            while self._pending:
+                paths, self._pending = self._pending, []
+                batch, self._next = self._next, None
+                assert batch is not None
+                try:
+                    await asyncio.to_thread(_unlink_all, paths)
+                except OSError as e:
+                    batch.set_exception(e)
+                else:
+                    batch.set_result(None)
+        finally:
+            self._running = None
+
+
+def _unlink_all(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
 class Spool:
     """The message store. Paths: DIR/<id>.eml (body) and DIR/<id>.json (envelope, state)."""
 
@@ -211,6 +354,8 @@ class Spool:
         self.dir = directory
         self._sync = GroupSync(directory)
         self._commit = GroupCommit(directory)
+        self._remove = GroupRemove()
+        self._recent = BodyCache()
         self._lock_fd: int | None = None
 
     def lock(self) -> None:
@@ -246,17 +391,37 @@ class Spool:
     def writable(self) -> bool:
         return os.access(self.dir, os.W_OK | os.X_OK)
 
+    def incoming(self, queue_id: str) -> Incoming:
+        """A body to be received for a new message `queue_id` (then `commit` or discard)."""
+        return Incoming(self.dir, queue_id)
+
     async def put(self, envelope: Envelope, data: bytes) -> None:
         """Make a new message durable; SpoolError when it could not be."""
+        await self._put(envelope, data, -1)
+
+    async def commit(self, envelope: Envelope, body: Incoming) -> None:
+        """Make a message whose body was received as `body` durable; SpoolError if not."""
+        if body.error is not None:
+            body.discard()
+            raise SpoolError(f"cannot write {envelope.id}: {body.error}",
+                             full=_full(body.error))
+        streamed = body.streamed
+        data, fd = body.take()
+        await self._put(envelope, data, fd, cache=not streamed)
+
+    async def _put(self, envelope: Envelope, data: bytes, body_fd: int,
+                   cache: bool = True) -> None:
         started = time.perf_counter()
         state = _encode(envelope)
         try:
-            await self._commit.put(envelope.id, data, state)
+            await self._commit.put(envelope.id, data, state, body_fd)
         except (OSError, SpoolError) as e:
             # No 250 will be given: take the message back out, the client sends it again.
             await asyncio.to_thread(self._discard, envelope.id)
-            full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+            full = isinstance(e, OSError) and _full(e)
             raise SpoolError(f"cannot write {envelope.id}: {e}", full=full) from e
+        if cache:
+            self._recent.add(envelope.id, data)
         metrics.spool_write_seconds.observe(time.perf_counter() - started)
 
     def _discard(self, queue_id: str) -> None:
@@ -276,12 +441,13 @@ class Spool:
         No folder fsync (see the module's docstring): the journal keeps the two unlinks
         in order, and at worst the message is delivered again.
         """
-        def unlink() -> None:
-            (self.dir / (queue_id + STATE)).unlink(missing_ok=True)
-            (self.dir / (queue_id + BODY)).unlink(missing_ok=True)
-        await asyncio.to_thread(unlink)
+        self._recent.drop(queue_id)
+        await self._remove.remove([self.dir / (queue_id + STATE), self.dir / (queue_id + BODY)])
 
     async def body(self, queue_id: str) -> bytes:
+        cached = self._recent.get(queue_id)
+        if cached is not None:
+            return cached
         return await asyncio.to_thread((self.dir / (queue_id + BODY)).read_bytes)
 
     def read(self, queue_id: str) -> Envelope | None:
@@ -322,6 +488,11 @@ class Spool:
             return
         log.error("cannot read spool record %s: %s; moved with its body to %s", path.name,
                   error, folder)
+
+
+def _full(error: OSError) -> bool:
+    """No room on the disk or in the quota: RFC 3463 4.3.1, not a fault."""
+    return error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def _encode(envelope: Envelope) -> bytes:

@@ -84,3 +84,26 @@ def test_disk_full_at_accept_time(config: GatewayConfig, daemons, small_spool: P
     assert out.read_bytes().endswith(MESSAGE)
     gateway.stop()
     outcome("room again: 250, delivered")
+
+
+def test_disk_full_while_a_large_message_streams_in(config: GatewayConfig, daemons,
+                                                    small_spool: Path, outcome):
+    """A body larger than the spool's room fails while it is written, not at the end:
+    DATA is still read to its final dot, answered 452, and its temporary file is gone."""
+    config.max_message_size = 4_000_000
+    gateway = Daemon(config)
+    daemons.append(gateway)
+    gateway.start()
+    part = small_spool / "w0"
+    before = sorted(p.name for p in part.iterdir())
+    with RawSmtp(gateway.config.smtp_port) as s:
+        s.command(b"EHLO exchange.brondby.dk")
+        s.command(b"MAIL FROM:<a@brondby.dk>")
+        s.command(b"RCPT TO:<b@brondby.dk>")
+        code, text = s.data(MESSAGE * 80)  # about 1.9 MB into 512 KiB
+        assert s.command(b"NOOP")[0] == OK  # the session goes on after the refusal
+    after = sorted(p.name for p in part.iterdir())
+    outcome(f"{len(MESSAGE) * 80} bytes into 512 KiB: {code} {b' '.join(text).decode()[:60]}; "
+            f"left behind: {sorted(set(after) - set(before))}")
+    assert code == NO_STORAGE and text[0].startswith(b"4.3.1"), (code, text)
+    assert after == before

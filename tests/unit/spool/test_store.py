@@ -6,7 +6,7 @@ import asyncio
 import os
 
 from gateway.model import Envelope, RecipientState, State
-from gateway.spool.store import Spool, new_id
+from gateway.spool.store import STREAM_AT, Spool, new_id
 
 
 def envelope(n: int = 1) -> Envelope:
@@ -73,3 +73,42 @@ async def test_from_outside_is_kept_and_old_records_load_without_it(tmp_path):
     old = env.to_json()
     del old["from_outside"]  # a record written before the field existed
     assert Envelope.from_json(old).from_outside is False
+
+
+async def test_a_large_body_streams_to_its_file_and_commits_whole(tmp_path):
+    spool = Spool(tmp_path)
+    spool.prepare()
+    env = envelope()
+    body = spool.incoming(env.id)
+    chunk = b"y" * 1022 + b"\r\n"
+    for _ in range(3 * STREAM_AT // len(chunk)):
+        await body.write(chunk)
+    assert body.streamed  # on disk already, before the commit
+    assert (tmp_path / f"{env.id}.eml.tmp").stat().st_size >= STREAM_AT
+    await spool.commit(env, body)
+    expected = chunk * (3 * STREAM_AT // len(chunk))
+    assert body.size == len(expected) and body.head == expected[:len(body.head)]
+    assert (tmp_path / f"{env.id}.eml").read_bytes() == expected
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{env.id}.eml", f"{env.id}.json"]
+    assert await Spool(tmp_path).body(env.id) == expected
+
+
+async def test_a_discarded_body_leaves_nothing(tmp_path):
+    spool = Spool(tmp_path)
+    spool.prepare()
+    for size in (10, 2 * STREAM_AT):
+        body = spool.incoming(new_id())
+        await body.write(b"z" * size)
+        body.discard()
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_recent_bodies_are_served_from_memory_until_removed(tmp_path):
+    spool = Spool(tmp_path)
+    spool.prepare()
+    env = envelope()
+    await spool.put(env, b"Subject: x\r\n\r\nbody\r\n")
+    (tmp_path / f"{env.id}.eml").unlink()  # only the cache can answer now
+    assert await spool.body(env.id) == b"Subject: x\r\n\r\nbody\r\n"
+    await spool.remove(env.id)
+    assert list(tmp_path.iterdir()) == []
