@@ -57,8 +57,8 @@ class DataChecks:
     def take(self, raw: bytes) -> bytes:
         """Check one raw chunk; the message text in it ("" once the message is refused)."""
         self.raw_size += len(raw)
+        before, self._last2 = self._last2, (self._last2 + raw[-2:])[-2:]
         if not raw or self.refused:
-            self._last2 = (self._last2 + raw)[-2:]
             return b""
         if self.size_limit and self.raw_size > self.size_limit:
             self.too_big = True
@@ -70,10 +70,8 @@ class DataChecks:
         self._lf += raw.count(b"\n")
         self._crlf += raw.count(b"\r\n") + (self._counted == b"\r" and raw[:1] == b"\n")
         self._counted = raw[-1:]
-        joined = self._last2 + raw
-        self._last2 = joined[-2:]
-        if _DOT_LINE in joined:  # dot-stuffed lines (or a dot line across chunks)
-            raw = joined.replace(_DOT_LINE, b"\r\n")[2:]
+        if _DOT_LINE in raw or b"." in raw[:2]:  # dot-stuffed lines, maybe across chunks
+            raw = (before + raw).replace(_DOT_LINE, b"\r\n")[2:]
         self.size += len(raw)
         return b"" if self.too_long else raw
 
