@@ -27,7 +27,7 @@ import asyncio
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, cast
 
 from aiosmtpd.proxy_protocol import ProxyData
 from aiosmtpd.smtp import SMTP, TLSSetupException
@@ -188,8 +188,8 @@ class GatewaySMTP(SMTP):
         refusal = self.limits.admit(client)
         if refusal is not None:
             log.warning("refused connection from %s: %s", client, refusal)
-            assert isinstance(transport, asyncio.WriteTransport)
-            transport.write(refusal.encode("ascii") + b"\r\n")
+            # uvloop's transports write without being asyncio.WriteTransport instances.
+            cast(asyncio.WriteTransport, transport).write(refusal.encode("ascii") + b"\r\n")
             transport.close()
             return False
         self.client = client
@@ -217,6 +217,19 @@ class GatewaySMTP(SMTP):
             self._log_proxy_failure()
         super().connection_lost(error)
 
+    def eof_received(self) -> bool:
+        """The client's EOF ends the session: close the connection here, not in its task.
+
+        aiosmtpd cancels the session's task and leaves the closing to it, but a task
+        cancelled before its first step (uvloop delivers the EOF of a connect-and-close,
+        a balancer's health check, that early) never runs: the connection would stay
+        half-open and hold its place in the limits for good. False closes it once what
+        is written has gone.
+        """
+        if not self._refused:
+            super().eof_received()
+        return False
+
     def _log_proxy_failure(self) -> None:
         """aiosmtpd closes a trusted proxy's connection without a word: say why."""
         assert self.session is not None
@@ -239,8 +252,8 @@ class GatewaySMTP(SMTP):
     def _timeout_cb(self) -> None:
         if (self.transport is not None and not self.transport.is_closing()
                 and not self._awaiting_header):
-            assert isinstance(self.transport, asyncio.WriteTransport)
-            self.transport.write(IDLE.format(host=self.hostname).encode("ascii") + b"\r\n")
+            cast(asyncio.WriteTransport, self.transport).write(
+                IDLE.format(host=self.hostname).encode("ascii") + b"\r\n")
         super()._timeout_cb()
 
     async def handle_exception(self, error: Exception) -> str:
