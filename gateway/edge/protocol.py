@@ -41,6 +41,11 @@ log = logging.getLogger(__name__)
 _PARAM = re.compile(r"\s+([A-Za-z0-9-]+)(?:=(\S*))?")
 _XTEXT = re.compile(r"(?:[!-*,-<>-~]|\+[0-9A-F]{2})*")
 NOTIFY_VALUES = {"SUCCESS", "FAILURE", "DELAY"}
+# `<dot-atom@domain>`: the path of nearly every MAIL and RCPT (RFC 5321 4.1.2), with the
+# blanks around it that the header parser takes too (a comment after it goes to that).
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_PATH = re.compile(
+    rf"[ \t]*<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>[ \t]*+(?!\()")
 
 BAD_SENDER = "553 5.1.7 Sender address is not a valid mailbox"
 SOURCE_ROUTE_SENDER = "553 5.1.7 Source routes are not accepted: give the sender's own address"
@@ -274,6 +279,20 @@ class GatewaySMTP(SMTP):
 
     async def smtp_AUTH(self, arg: str) -> None:
         await self.push(NO_AUTH)
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's path parser, with plain `<local@domain>` paths read by one regex.
+
+        aiosmtpd runs the `email` header parser and defines a class on every call (about
+        0.15 ms); anything but a plain path still goes to it.
+        """
+        m = _PLAIN_PATH.match(arg)
+        if m is None:
+            return super()._getaddr(arg)
+        address = m[1]
+        if self.local_part_limit and address.rfind("@") > self.local_part_limit:
+            return None, None
+        return address, arg[m.end():]
 
     def _set_rset_state(self) -> None:
         super()._set_rset_state()
