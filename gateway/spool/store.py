@@ -239,6 +239,7 @@ class Incoming:
         self._parts: list[bytes] = []
         self._held = 0
         self._fd = -1
+        self._appending: asyncio.Future[None] | None = None
 
     @property
     def streamed(self) -> bool:
@@ -254,8 +255,11 @@ class Incoming:
         self._held += len(data)
         if self._held >= STREAM_AT:
             parts, self._parts, self._held = self._parts, [], 0
+            # Shielded: a session cancelled meanwhile (the client hung up) discards the
+            # body while the thread may still be opening or writing its file.
+            self._appending = asyncio.ensure_future(asyncio.to_thread(self._append, parts))
             try:
-                await asyncio.to_thread(self._append, parts)
+                await asyncio.shield(self._appending)
             except OSError as e:
                 self.error = e
 
@@ -273,8 +277,20 @@ class Incoming:
         return data, fd
 
     def discard(self) -> None:
-        """Forget the body (no 250 will be given): close and remove its temporary file."""
+        """Forget the body (no 250 will be given): close and remove its temporary file,
+        once a write still running in its thread has finished."""
         self._parts, self._held = [], 0
+        if self._appending is not None and not self._appending.done():
+            self._appending.add_done_callback(self._remove_after)
+        else:
+            self._remove()
+
+    def _remove_after(self, appending: asyncio.Future[None]) -> None:
+        if not appending.cancelled():
+            appending.exception()  # taken: the body is forgotten anyway
+        self._remove()
+
+    def _remove(self) -> None:
         if self._fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self._fd)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 
 from gateway.model import Envelope, RecipientState, State
@@ -100,6 +101,39 @@ async def test_a_discarded_body_leaves_nothing(tmp_path):
         body = spool.incoming(new_id())
         await body.write(b"z" * size)
         body.discard()
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_body_discarded_while_its_thread_writes_leaves_nothing(tmp_path):
+    # The body's file is a FIFO here, so its thread blocks opening it (a slow disk) while
+    # the session is cancelled (the client hung up) and the body discarded.
+    spool = Spool(tmp_path)
+    spool.prepare()
+    body = spool.incoming(new_id())
+    fifo = tmp_path / f"{body.queue_id}.eml.tmp"
+    os.mkfifo(fifo)
+    session = asyncio.create_task(body.write(b"z" * STREAM_AT))
+    await asyncio.sleep(0.05)  # the thread is in open()
+    session.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await session
+    body.discard()
+
+    def drain() -> int:  # let the thread open and write
+        fd = os.open(fifo, os.O_RDONLY)
+        read = 0
+        try:
+            while read < STREAM_AT and (chunk := os.read(fd, 1 << 16)):
+                read += len(chunk)
+        finally:
+            os.close(fd)
+        return read
+
+    assert await asyncio.to_thread(drain) == STREAM_AT
+    for _ in range(100):  # then the body's file goes
+        if not fifo.exists():
+            break
+        await asyncio.sleep(0.02)
     assert list(tmp_path.iterdir()) == []
 
 
