@@ -38,6 +38,7 @@ from gateway.policy.dlp.cpr import contains_cpr
 from gateway.policy.dlp.scan import ScanFailed, Scanner, describe_places, limits_from
 from gateway.policy.routing import Routing
 from gateway.policy.tags import read_tags, resolve_department
+from gateway.spool.body import MessageData, Spooled, head_of, whole
 from gateway.spool.store import Spool, SpoolError
 from gateway.transform.headers import outgoing
 from gateway.transform.mime import MimeLimitError
@@ -68,7 +69,7 @@ class Job:
     route: str
     tls: TlsPolicy
     recipients: list[RecipientState]
-    data: bytes = b""
+    data: MessageData = b""
     certificates: list[x509.Certificate] = field(default_factory=list)
     # A reply routed to the person who wrote the mail it answers (inbound): the addresses
     # a recipient's copy goes to instead of its own.
@@ -126,21 +127,30 @@ class Pipeline:
             raise
 
     async def _attempt(self, env: Envelope, due: list[RecipientState], now: float) -> None:
-        data = await self.spool.body(env.id)
+        # A large message comes with its body left in the spool file (spool.body): relayed
+        # untagged, it is sent from there in chunks with a new header block.
+        data = await self.spool.message(env.id)
+        head = head_of(data)
         notices: list[Notice] = []
         if env.from_outside:  # never tagged, never scanned (CONTRACT "Inbound")
-            jobs = await self._inbound_jobs(env, due, data, notices)
-            await self._finish(env, due, data, jobs, notices, now)
+            jobs = await self._inbound_jobs(env, due, await whole(data), notices)
+            await self._finish(env, due, head, jobs, notices, now)
             return
-        fields = rawmail.head_fields(data)
+        fields = rawmail.head_fields(head)
         tagging = read_tags(fields, self.config.tags)
-        # Only the header is parsed; a thread hop costs more than that for ordinary mail.
-        stripped = (outgoing(data, self.config.tags) if len(data) < INLINE_BYTES
-                    else await asyncio.to_thread(outgoing, data, self.config.tags))
+        if tagging.tagged:  # S/MIME signs and encrypts the whole message
+            data = head = await whole(data)
+        stripped: MessageData
+        if isinstance(data, Spooled):
+            stripped = data.with_head(outgoing(data.head, self.config.tags))
+        else:  # only the header is parsed; a thread hop costs more for ordinary mail
+            stripped = (outgoing(data, self.config.tags) if len(data) < INLINE_BYTES
+                        else await asyncio.to_thread(outgoing, data, self.config.tags))
         if not tagging.tagged:
             jobs = await self._untagged_jobs(env, due, data, stripped, fields, tagging.subject,
                                              notices)
         else:
+            assert isinstance(stripped, bytes)
             if tagging.doubt:
                 log.warning("%s: handled as tagged: %s", env.id, tagging.doubt)
             policy = self.policy
@@ -155,11 +165,13 @@ class Pipeline:
                 assert department is not None
                 jobs = await self._secure_jobs(env, due, stripped, fields, department, policy,
                                                notices)
-        await self._finish(env, due, data, jobs, notices, now)
+        await self._finish(env, due, head, jobs, notices, now)
 
-    async def _finish(self, env: Envelope, due: list[RecipientState], data: bytes,
+    async def _finish(self, env: Envelope, due: list[RecipientState], head: bytes,
                       jobs: list[Job], notices: list[Notice], now: float) -> None:
-        """Deliver the jobs, then report and record what became of every due recipient."""
+        """Deliver the jobs, then report and record what became of every due recipient.
+
+        `head` is the message, or at least its header block: all a DSN quotes of it."""
         outcomes = await asyncio.gather(*(self._deliver(env, job, notices) for job in jobs),
                                         return_exceptions=True)
         for job, outcome in zip(jobs, outcomes, strict=True):
@@ -171,14 +183,15 @@ class Pipeline:
                     if not r.state.final:
                         self._defer(env, r, Reply(451, "4.3.0", "internal error, will retry"))
         self._age_checks(env, notices)
-        await self._report(env, data, notices)
+        await self._report(env, head, notices)
         for r in due:
             env.history.append({"time": round(now, 3), "address": r.address,
                                 "state": str(r.state), "class": r.cls,
                                 "detail": r.last_error or r.diagnostic})
 
-    async def _untagged_jobs(self, env: Envelope, due: list[RecipientState], data: bytes,
-                             stripped: bytes, fields: list[rawmail.Field], subject: str,
+    async def _untagged_jobs(self, env: Envelope, due: list[RecipientState],
+                             data: MessageData, stripped: MessageData,
+                             fields: list[rawmail.Field], subject: str,
                              notices: list[Notice]) -> list[Job]:
         """Relayed unchanged, unless the DLP scan found a CPR number (CONTRACT table)."""
         try:
@@ -215,10 +228,11 @@ class Pipeline:
                                             found_in=outcome.found))
             return jobs
         assert department is not None
-        return jobs + await self._secure_jobs(env, external, stripped, fields, department,
-                                              self.policy, notices, found_in=outcome.found)
+        return jobs + await self._secure_jobs(env, external, await whole(stripped), fields,
+                                              department, self.policy, notices,
+                                              found_in=outcome.found)
 
-    async def _dlp(self, env: Envelope, data: bytes) -> DlpOutcome | None:
+    async def _dlp(self, env: Envelope, data: MessageData) -> DlpOutcome | None:
         """The DLP outcome, decided at the first attempt and kept in the spool record."""
         if env.from_outside:
             return None  # mail from outside is never scanned (CONTRACT "Inbound")
@@ -228,7 +242,8 @@ class Pipeline:
         if mode == "off":
             env.dlp = DlpOutcome(mode)
             return env.dlp
-        result = await self.scanner.scan(data)
+        # A message left in its spool file is read there by the scan's worker process.
+        result = await self.scanner.scan(data.path if isinstance(data, Spooled) else data)
         metrics.dlp_scan_seconds.observe(result.seconds)
         env.dlp = DlpOutcome(mode, result.places,
                              tuple(f"{g.reason}: {g.name or 'the message'} ({g.detail})"
@@ -256,7 +271,7 @@ class Pipeline:
                                              "and the subject is never encrypted")
         return None
 
-    def _plain_jobs(self, due: list[RecipientState], data: bytes) -> list[Job]:
+    def _plain_jobs(self, due: list[RecipientState], data: MessageData) -> list[Job]:
         groups: dict[tuple[str, str], Job] = {}
         for r in due:
             r.cls = str(RecipientClass.PLAIN)
@@ -463,7 +478,7 @@ class Pipeline:
                                        kind="delayed",
                                        will_retry_until=env.received + queue.max_age))
 
-    async def _report(self, env: Envelope, data: bytes, notices: Sequence[Notice]) -> None:
+    async def _report(self, env: Envelope, head: bytes, notices: Sequence[Notice]) -> None:
         """Queue one DSN per kind of news for the recipients that asked (RFC 3461 NOTIFY)."""
         by_address = {r.address: r for r in env.recipients}
         for actions, wanted in ((("failed",), "FAILURE"), (("delayed",), "DELAY"),
@@ -473,7 +488,7 @@ class Pipeline:
             if not chosen:
                 continue
             try:
-                dsn = await spool_dsn(self.spool, self.config, env, data, chosen)
+                dsn = await spool_dsn(self.spool, self.config, env, head, chosen)
             except SpoolError as e:
                 log.error("%s: cannot queue the %s DSN: %s", env.id, chosen[0].action, e)
                 self._unreported(by_address, chosen)

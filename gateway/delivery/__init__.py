@@ -22,6 +22,7 @@ from typing import Literal, Protocol
 
 from gateway.delivery.dane import Tlsa
 from gateway.errors import Reply
+from gateway.spool.body import MessageData
 
 __all__ = ["Rcpt", "Result", "Route", "Router", "TlsPolicy", "Transport", "parse_route",
            "same_reply"]
@@ -132,7 +133,7 @@ class Transport(Protocol):
     """Delivers one message to the recipients of one next hop, once."""
 
     async def deliver(self, route: Route, domain: str, sender: str, rcpts: Sequence[Rcpt],
-                      data: bytes, tls: TlsPolicy, *, queue_id: str, ret: str = "",
+                      data: MessageData, tls: TlsPolicy, *, queue_id: str, ret: str = "",
                       envid: str = "", smtputf8: bool = False) -> Result:
         """Try once; `domain` is the recipient domain all `rcpts` share."""
         ...

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from gateway.delivery import Rcpt, Result, Route, TlsPolicy, same_reply
 from gateway.errors import Reply
+from gateway.spool.body import MessageData, whole
 
 log = logging.getLogger(__name__)
 
@@ -24,14 +25,14 @@ class FileTransport:
     """Writes each delivered message as a file in the route's folder."""
 
     async def deliver(self, route: Route, domain: str, sender: str, rcpts: Sequence[Rcpt],
-                      data: bytes, tls: TlsPolicy, *, queue_id: str, ret: str = "",
+                      data: MessageData, tls: TlsPolicy, *, queue_id: str, ret: str = "",
                       envid: str = "", smtputf8: bool = False) -> Result:
         """Write the message once for all `rcpts`; a write error is 4.3.0 (try again later)."""
         if route.path is None or not queue_id or "/" in queue_id or queue_id.startswith("."):
             raise ValueError(f"cannot write {queue_id!r} to {route}")
         try:
             path = await asyncio.to_thread(write_message, route.path, queue_id, sender,
-                                           [r.address for r in rcpts], data)
+                                           [r.address for r in rcpts], await whole(data))
         except OSError as e:
             log.error("%s: cannot write to %s: %s", queue_id, route.path, e)
             return same_reply(rcpts, Reply(451, "4.3.0", "cannot write to the mail folder: "

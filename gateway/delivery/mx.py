@@ -30,6 +30,7 @@ from gateway.delivery.mtasts.service import MtaSts
 from gateway.delivery.resolver import Addresses, DnsFailure, DnsResolver, InvalidName
 from gateway.delivery.smtp import HostFailure, Outgoing, SmtpTransport, describe_peer
 from gateway.errors import DeliveryError, PermanentError, Reply, TransientError
+from gateway.spool.body import MessageData
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class MxTransport:
         self.mta_sts = mta_sts
 
     async def deliver(self, route: Route, domain: str, sender: str, rcpts: Sequence[Rcpt],
-                      data: bytes, tls: TlsPolicy, *, queue_id: str, ret: str = "",
+                      data: MessageData, tls: TlsPolicy, *, queue_id: str, ret: str = "",
                       envid: str = "", smtputf8: bool = False) -> Result:
         """Try the domain's hosts in order until every recipient has a final reply."""
         message = Outgoing(sender, tuple(rcpts), data, queue_id, ret, envid, smtputf8)

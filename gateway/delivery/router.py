@@ -16,6 +16,7 @@ from gateway.delivery.mx import MxResolver, MxTransport
 from gateway.delivery.resolver import DnsResolver
 from gateway.delivery.smtp import SmtpTransport
 from gateway.errors import Reply
+from gateway.spool.body import MessageData
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ class Router:
         await self.transports["smtp"].sessions.close()  # type: ignore[attr-defined]
 
     async def deliver(self, route: Route, domain: str, sender: str, rcpts: Sequence[Rcpt],
-                      data: bytes, tls: TlsPolicy, *, queue_id: str, ret: str = "",
+                      data: MessageData, tls: TlsPolicy, *, queue_id: str, ret: str = "",
                       envid: str = "", smtputf8: bool = False) -> Result:
         """Deliver once through the transport for `route`."""
         try:

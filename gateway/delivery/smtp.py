@@ -26,7 +26,9 @@ import aiosmtplib
 
 from gateway.delivery import Rcpt, Result, Route, TlsPolicy, dane, same_reply
 from gateway.delivery.connections import Session, SessionCache, close_politely
+from gateway.delivery.data import send_data
 from gateway.errors import Reply
+from gateway.spool.body import MessageData, head_of, pieces, whole
 from gateway.transform.downgrade import ConversionImpossible, to_7bit
 from gateway.transform.mime import MimeLimitError
 
@@ -57,11 +59,11 @@ class _Stale(Exception):
 
 @dataclass(frozen=True)
 class Outgoing:
-    """One message for one next hop: the envelope and the bytes, as spooled."""
+    """One message for one next hop: the envelope and the message (its body maybe on disk)."""
 
     sender: str
     rcpts: tuple[Rcpt, ...]
-    data: bytes
+    data: MessageData
     queue_id: str = ""
     ret: str = ""
     envid: str = ""
@@ -70,8 +72,9 @@ class Outgoing:
     @property
     def needs_utf8(self) -> bool:
         """Whether the sender or the header section can only travel with SMTPUTF8."""
-        m = _END_OF_HEADERS.search(self.data)
-        head = self.data[: m.start()] if m else self.data
+        data = head_of(self.data)
+        m = _END_OF_HEADERS.search(data)
+        head = data[: m.start()] if m else data
         return not self.sender.isascii() or (self.smtputf8 and not head.isascii())
 
 
@@ -132,7 +135,7 @@ class SmtpTransport:
         self.sessions = sessions or SessionCache()
 
     async def deliver(self, route: Route, domain: str, sender: str, rcpts: Sequence[Rcpt],
-                      data: bytes, tls: TlsPolicy, *, queue_id: str, ret: str = "",
+                      data: MessageData, tls: TlsPolicy, *, queue_id: str, ret: str = "",
                       envid: str = "", smtputf8: bool = False) -> Result:
         """One session with the route's host; its name is the one the certificate must carry."""
         message = Outgoing(sender, tuple(rcpts), data, queue_id, ret, envid, smtputf8)
@@ -298,7 +301,7 @@ class SmtpTransport:
             return HostReplies(replies, dsn), True
         if not message.data.isascii() and not client.supports_extension("8bitmime"):
             try:  # RFC 6152 3: never 8-bit data to a server that did not ask for it
-                data = await asyncio.to_thread(to_7bit, message.data)
+                data = await asyncio.to_thread(to_7bit, await whole(message.data))
             except (ConversionImpossible, MimeLimitError) as e:
                 replies.update({r.address: Reply(554, "5.6.3", str(e)) for r in rcpts})
                 return HostReplies(replies, dsn), True
@@ -334,7 +337,8 @@ class SmtpTransport:
                     replies[r.address] = Reply(553, "5.1.3", str(e))
             if accepted:
                 try:
-                    response = await client.data(message.data, timeout=self.data_timeout)
+                    response = await send_data(client, pieces(message.data),
+                                               wait=self.data_timeout)
                     reply = server_reply(response.code, response.message)
                 except aiosmtplib.SMTPDataError as e:
                     reply = server_reply(e.code, e.message)

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from gateway.model import Envelope
 from gateway.observe import metrics
+from gateway.spool.body import MessageData, open_spooled
 
 log = logging.getLogger(__name__)
 
@@ -465,6 +466,20 @@ class Spool:
         if cached is not None:
             return cached
         return await asyncio.to_thread((self.dir / (queue_id + BODY)).read_bytes)
+
+    async def message(self, queue_id: str) -> MessageData:
+        """The message for a delivery attempt: in memory, or from STREAM_AT bytes on its
+        header block only, the body left in its file (`spool.body`)."""
+        cached = self._recent.get(queue_id)
+        if cached is not None:
+            return cached
+        return await asyncio.to_thread(self._message, self.dir / (queue_id + BODY))
+
+    @staticmethod
+    def _message(path: Path) -> MessageData:
+        if path.stat().st_size < STREAM_AT:
+            return path.read_bytes()
+        return open_spooled(path) or path.read_bytes()
 
     def read(self, queue_id: str) -> Envelope | None:
         """One message's envelope, read straight from disk (for the queue commands)."""

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from gateway.policy.dlp.cpr import contains_cpr
+from gateway.spool.store import STREAM_AT
 from tests.support import documents
 from tests.support.daemon import SCRIPT, Daemon, GatewayConfig
 from tests.support.daemon import start as start_daemon
@@ -257,6 +258,19 @@ def test_a_large_mail_is_scanned_in_a_worker_process(config, daemons):
     data = documents.mail("Se bilag", to=UNSAFE, attachments=[
         ("foto.png", "image/png", photo), ("notat.docx", documents.DOCX_TYPE, letter)])
     assert len(data) > 256 * 1024
+    gateway.send("lela@brondby.dk", [UNSAFE], data)
+    [out] = gateway.wait_outbox(1, timeout=60)
+    assert "den vedhæftede fil »notat.docx«" in dsn_text(parse(out))
+
+
+def test_a_mail_left_in_its_spool_file_is_scanned_there(config, daemons):
+    config.max_message_size = 8 << 20
+    gateway = start(config, daemons, "block")
+    photo = bytes(range(256)) * 5000  # 1.2 MiB, base64 past STREAM_AT: only read from its file
+    letter = documents.docx_runs("Bente ", "2209", "10-12", "30")
+    data = documents.mail("Se bilag", to=UNSAFE, attachments=[
+        ("foto.png", "image/png", photo), ("notat.docx", documents.DOCX_TYPE, letter)])
+    assert len(data) > STREAM_AT
     gateway.send("lela@brondby.dk", [UNSAFE], data)
     [out] = gateway.wait_outbox(1, timeout=60)
     assert "den vedhæftede fil »notat.docx«" in dsn_text(parse(out))

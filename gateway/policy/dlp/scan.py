@@ -2,8 +2,9 @@
 
 Small messages are scanned in a worker thread (cheap, no copying); larger ones in a
 worker process, so a 40 MB PDF never holds the daemon's interpreter lock while other SMTP
-sessions, deliveries and the HTTP API wait. The worker holds no state: every process of
-the daemon may have its own.
+sessions, deliveries and the HTTP API wait. A message left in its spool file is read
+there by the worker process itself, so the daemon never holds it. The worker holds no
+state: every process of the daemon may have its own.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import multiprocessing
 import time
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from pathlib import Path
 
 from gateway.config import DlpConfig
 from gateway.policy.dlp.cpr import Reason, find_cpr_numbers
@@ -70,6 +72,11 @@ def scan_message(data: bytes, limits: Limits | None = None) -> ScanResult:
     return ScanResult(tuple(findings), tuple(extraction.gaps), time.perf_counter() - started)
 
 
+def scan_file(path: Path, limits: Limits | None = None) -> ScanResult:
+    """`scan_message` of the message in a file (in the worker process that reads it)."""
+    return scan_message(path.read_bytes(), limits)
+
+
 def limits_from(config: DlpConfig) -> Limits:
     """The `[dlp]` limits as the extractor takes them."""
     return Limits(max_bytes=config.max_bytes, max_parts=config.max_parts,
@@ -99,13 +106,15 @@ class Scanner:
         self.inline_max = inline_max
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
 
-    async def scan(self, data: bytes) -> ScanResult:
-        if len(data) <= self.inline_max:
+    async def scan(self, data: bytes | Path) -> ScanResult:
+        """The scan of a message in memory, or of the one in the file at `data`."""
+        if isinstance(data, bytes) and len(data) <= self.inline_max:
             return await asyncio.to_thread(scan_message, data, self.limits)
         pool = self._worker_pool()
+        scan = scan_message if isinstance(data, bytes) else scan_file
         try:
             return await asyncio.get_running_loop().run_in_executor(
-                pool, scan_message, data, self.limits)
+                pool, scan, data, self.limits)
         except BrokenProcessPool as e:
             # A worker that died (killed, out of memory) takes the pool with it: start anew.
             log.error("the DLP scan worker died: %s", e)

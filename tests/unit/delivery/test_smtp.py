@@ -15,6 +15,7 @@ import trustme
 
 from gateway.delivery import Rcpt, Result, Route, TlsPolicy, parse_route
 from gateway.delivery.smtp import SmtpTransport, server_reply, xtext
+from gateway.spool.body import Spooled, open_spooled
 from tests.support.sink import SmtpSink, free_port, server_tls
 
 OK = 250
@@ -434,3 +435,38 @@ def test_server_reply_takes_the_enhanced_status_from_the_text(
 ])
 def test_xtext(value: str, encoded: str) -> None:
     assert xtext(value) == encoded
+
+
+LARGE_HEAD = (b"From: a@x.test\r\nSubject: stor\r\nMIME-Version: 1.0\r\n"
+              b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n"
+              b"\r\n")
+LARGE_BODY = b"".join(b".linje %d \xc3\x86ldre\r\n" % i for i in range(150_000))
+
+
+def spooled(tmp_path: Path, head: bytes = LARGE_HEAD, body: bytes = LARGE_BODY) -> Spooled:
+    path = tmp_path / "large.eml"
+    path.write_bytes(head + body)
+    result = open_spooled(path)
+    assert result is not None
+    return result
+
+
+async def test_a_message_left_on_disk_arrives_byte_for_byte(transport: SmtpTransport,
+                                                           tmp_path: Path) -> None:
+    data = spooled(tmp_path).with_head(b"Subject: ny\r\n\r\n")
+    async with SmtpSink() as sink:
+        result = await send(transport, sink.route, data=data)
+    assert codes(result) == {"lone@partner.test": OK}
+    [msg] = sink.messages
+    assert msg.content == b"Subject: ny\r\n\r\n" + LARGE_BODY
+    assert "BODY=8BITMIME" in msg.mail_options and f"SIZE={len(data)}" in msg.mail_options
+
+
+async def test_a_message_left_on_disk_is_converted_for_a_7bit_server(
+        transport: SmtpTransport, tmp_path: Path) -> None:
+    async with SmtpSink(eightbitmime=False) as sink:
+        result = await send(transport, sink.route, data=spooled(tmp_path))
+    assert codes(result) == {"lone@partner.test": OK}
+    [msg] = sink.messages
+    assert msg.content.isascii()
+    assert msg.message.get_content().encode() == LARGE_BODY

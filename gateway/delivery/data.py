@@ -1,0 +1,100 @@
+"""The SMTP DATA writer: the message sent in pieces, dot-stuffed piece by piece.
+
+RFC 5321 4.5.2: a line that starts with "." gets another one; 4.1.1.4: the data ends
+with CRLF "." CRLF; 2.3.8: lines end in CRLF only, so a bare CR or LF is sent as CRLF.
+This is what aiosmtplib's `SMTP.data` does to a message in one piece (and copies it
+twice for it); `DotStuffer` does the same to any split of it, so a 25 MB body read from
+the spool in chunks is never held whole. What crosses a boundary between pieces is
+carried over: a CR at the end of a piece (it may be half of a CRLF) and whether the
+next piece starts a line. `send_data` keeps aiosmtplib for the session and its replies
+and only writes the text itself, waiting for the transport to drain after each piece.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterable
+
+import aiosmtplib
+from aiosmtplib.response import SMTPResponse
+
+_LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")  # aiosmtplib's, a lone CR or LF too
+_PERIOD = re.compile(rb"(?m)^\.")
+START_INPUT = 354
+COMPLETED = 250
+
+
+class DotStuffer:
+    """Turns the pieces of a message into DATA text; `end` gives the last of it."""
+
+    def __init__(self) -> None:
+        self._cr = False  # the last piece ended in a CR that a LF may still follow
+        self._line_start = True  # what was sent ends a line (or nothing was sent yet)
+        self._sent = False
+
+    def feed(self, piece: bytes) -> bytes:
+        if not piece:
+            return b""
+        if self._cr:
+            piece = b"\r" + piece
+        self._cr = piece.endswith(b"\r")
+        if self._cr:
+            piece = piece[:-1]
+        return self._stuff(_LINE_ENDINGS.sub(b"\r\n", piece))
+
+    def end(self) -> bytes:
+        """The rest: a held CR as CRLF, CRLF if the last line had none, and the dot."""
+        text = self._stuff(b"\r\n") if self._cr else b""
+        self._cr = False
+        if not (self._sent and self._line_start):
+            text += b"\r\n"
+        return text + b".\r\n"
+
+    def _stuff(self, text: bytes) -> bytes:
+        if not text:
+            return text
+        stuffed = _PERIOD.sub(b"..", text)
+        if not self._line_start and text.startswith(b"."):
+            stuffed = stuffed[1:]  # "^" matched where a line goes on from the last piece
+        self._line_start = text.endswith(b"\n")
+        self._sent = True
+        return stuffed
+
+
+async def send_data(client: aiosmtplib.SMTP, pieces: AsyncIterable[bytes], *,
+                    wait: float | None) -> SMTPResponse:
+    """DATA, the message, the final dot; the server's reply (SMTPDataError unless 250).
+
+    `wait` bounds the 354, every wait for the transport to drain, and the final reply
+    (RFC 5321 4.5.3.2.5-6). A lost or timed-out connection is closed, as aiosmtplib does.
+    """
+    response = await client.execute_command(b"DATA", timeout=wait)
+    if response.code != START_INPUT:
+        raise aiosmtplib.SMTPDataError(response.code, response.message)
+    protocol = client.protocol
+    try:
+        if protocol is None:
+            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        # A reply the server sends before the dot (552, 421) is kept for read_response,
+        # as aiosmtplib's own DATA marks it expected before writing the message.
+        protocol._response_pending = True
+        stuffer = DotStuffer()
+        async for piece in pieces:
+            protocol.write(stuffer.feed(piece))
+            try:
+                # The transport's flow control: wait while its buffer is past the mark.
+                await asyncio.wait_for(protocol._drain_helper(), wait)
+            except TimeoutError:
+                raise aiosmtplib.SMTPTimeoutError("Timed out sending the message") from None
+            except ConnectionError as e:
+                raise aiosmtplib.SMTPServerDisconnected("Connection lost") from e
+        protocol._response_pending = True
+        protocol.write(stuffer.end())
+        response = await protocol.read_response(timeout=wait)
+    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
+        client.close()
+        raise
+    if response.code != COMPLETED:
+        raise aiosmtplib.SMTPDataError(response.code, response.message)
+    return response
