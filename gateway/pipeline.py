@@ -127,7 +127,7 @@ class Pipeline:
             raise
 
     async def _attempt(self, env: Envelope, due: list[RecipientState], now: float) -> None:
-        # A large message comes with its body left in the spool file (spool.body): relayed
+        # A large message comes with its body left in the spool file (spool/body.py): relayed
         # untagged, it is sent from there in chunks with a new header block.
         data = await self.spool.message(env.id)
         head = head_of(data)

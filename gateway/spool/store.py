@@ -469,7 +469,7 @@ class Spool:
 
     async def message(self, queue_id: str) -> MessageData:
         """The message for a delivery attempt: in memory, or from STREAM_AT bytes on its
-        header block only, the body left in its file (`spool.body`)."""
+        header block only, the body left in its file (spool/body.py)."""
         cached = self._recent.get(queue_id)
         if cached is not None:
             return cached

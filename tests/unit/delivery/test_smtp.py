@@ -440,7 +440,7 @@ def test_xtext(value: str, encoded: str) -> None:
 LARGE_HEAD = (b"From: a@x.test\r\nSubject: stor\r\nMIME-Version: 1.0\r\n"
               b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n"
               b"\r\n")
-LARGE_BODY = b"".join(b".linje %d \xc3\x86ldre\r\n" % i for i in range(150_000))
+LARGE_BODY = b"".join(b".linje %d \xc3\x86ldre\r\n" % i for i in range(60_000))  # > 1 MiB
 
 
 def spooled(tmp_path: Path, head: bytes = LARGE_HEAD, body: bytes = LARGE_BODY) -> Spooled:
@@ -470,3 +470,14 @@ async def test_a_message_left_on_disk_is_converted_for_a_7bit_server(
     [msg] = sink.messages
     assert msg.content.isascii()
     assert msg.message.get_content().encode() == LARGE_BODY
+
+
+async def test_a_message_left_on_disk_goes_over_verified_tls(
+        transport: SmtpTransport, trusted_ca: trustme.CA, ca_file: Path,
+        tmp_path: Path) -> None:
+    data = spooled(tmp_path)
+    async with SmtpSink(tls=server_tls(trusted_ca, "127.0.0.1")) as sink:
+        result = await send(transport, sink.route, verify(ca_file), data=data)
+    assert codes(result) == {"lone@partner.test": OK}
+    [msg] = sink.messages
+    assert msg.tls and msg.content == LARGE_HEAD + LARGE_BODY
