@@ -12,6 +12,7 @@ import logging
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -20,6 +21,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 
 from gateway.config import ConfigError, DepartmentConfig
 from gateway.observe import metrics
+from gateway.transform.smime import Signer
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,11 @@ class Department:
     @property
     def stamp(self) -> str:
         return self.config.stamp
+
+    @cached_property
+    def signer(self) -> Signer:
+        """Signs the department's mail; made once per process and loaded identity."""
+        return Signer(self.certificate, self.key, self.chain)
 
     def allows(self, sender: str) -> bool:
         """Whether the envelope sender may send through this department (`senders`)."""

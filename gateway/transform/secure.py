@@ -16,6 +16,7 @@ import email.errors
 import email.policy
 import re
 from collections.abc import Sequence
+from functools import lru_cache
 
 from cryptography import x509
 
@@ -65,7 +66,7 @@ def protect(message: bytes, department: Department,
                                                 department.mailbox).raw)
 
     inner = add_stamp(b"".join(content) + CRLF + body, department.stamp)
-    signed = smime.sign(inner, department.certificate, department.key, department.chain)
+    signed = department.signer.sign(inner)
     enveloped = smime.encrypt(signed, [*recipient_certs, department.certificate])
     return b"".join(outer) + b"MIME-Version: 1.0" + CRLF + enveloped
 
@@ -85,8 +86,13 @@ def _from_field(original: bytes | None, department: Department) -> bytes:
     return rawmail.make_address_field("From", display, department.mailbox).raw
 
 
+@lru_cache(maxsize=1024)
 def _person(field: bytes) -> str | None:
-    """The display name of the first address in a From field, else its local part."""
+    """The display name of the first address in a From field, else its local part.
+
+    Remembered per process: the same people send again and again, and the `email`
+    package's address parser costs a good part of a message's signing.
+    """
     # Header bytes may be raw UTF-8 (RFC 6532) or, from old clients, Latin-1.
     raw = field.split(b":", 1)[1]
     try:

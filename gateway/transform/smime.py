@@ -54,29 +54,90 @@ _ENVELOPED_HEAD = (b"Content-Type: application/pkcs7-mime; smime-type=enveloped-
 
 def sign(entity: bytes, cert: x509.Certificate, key: rsa.RSAPrivateKey,
          chain: Sequence[x509.Certificate]) -> bytes:
-    """A multipart/signed entity: `entity` and a detached SHA-256 signature by `key`."""
-    content = canonical(entity)
-    signature = signed_data(content, cert, key, chain)
-    boundary = new_boundary(content)
-    delimiter = b"--" + boundary.encode("ascii")
-    head = ('Content-Type: multipart/signed; protocol="application/pkcs7-signature";'
-            f' micalg=sha-256; boundary="{boundary}"').encode("ascii") + CRLF
-    body = (_SIGNED_PREAMBLE + CRLF + delimiter + CRLF + content + CRLF + delimiter + CRLF
-            + join_entity(_SIGNATURE_HEAD, base64_body(signature))
-            + CRLF + delimiter + b"--" + CRLF)
-    return join_entity(head, body)
+    """A multipart/signed entity: `entity` and a detached SHA-256 signature by `key`.
+
+    For one signature; a signer used again and again (a department) keeps a `Signer`.
+    """
+    return Signer(cert, key, chain).sign(entity)
 
 
-def signed_data(content: bytes, cert: x509.Certificate, key: rsa.RSAPrivateKey,
-                chain: Sequence[x509.Certificate], now: datetime | None = None) -> bytes:
-    """A detached SignedData ContentInfo (DER) over exactly `content` (RFC 5652 5)."""
-    signer = _asn1_cert(cert)
-    signer_id = cms.IssuerAndSerialNumber({"issuer": signer.issuer,
-                                           "serial_number": signer.serial_number})
-    attributes = _signed_attributes(hashlib.sha256(content).digest(), signer_id,
-                                    now or datetime.now(UTC))
-    # The signature covers the attributes' DER as a SET OF (5.4).
-    signature = key.sign(attributes.dump(), padding.PKCS1v15(), hashes.SHA256())
+class Signer:
+    """Signs for one certificate and key: the SignedData is built once, then filled in.
+
+    Everything in a SignedData but the signing time, the message digest and the
+    signature is the same for every message, and asn1crypto's building and encoding of
+    it (certificates, attributes) costs several times the RSA signature. So it is built
+    and DER-encoded once, with placeholder values, by asn1crypto; each message then puts
+    its values into the fixed-length places they take (UTCTime, SHA-256, an RSA
+    signature as long as the modulus), which keeps the DER and the order of the
+    attributes' SET OF (X.690 11.6) exactly as asn1crypto would encode them.
+    """
+
+    def __init__(self, cert: x509.Certificate, key: rsa.RSAPrivateKey,
+                 chain: Sequence[x509.Certificate]) -> None:
+        self.key = key
+        self._signature_size = (key.key_size + 7) // 8
+        signer = _asn1_cert(cert)
+        signer_id = cms.IssuerAndSerialNumber({"issuer": signer.issuer,
+                                               "serial_number": signer.serial_number})
+        attributes = _signed_attributes(_DIGEST_MARK, signer_id, _TIME_MARK)
+        self._attributes = attributes.dump()  # as the SET OF the signature covers (5.4)
+        self._time_at = _only(self._attributes, _TIME_MARK_UTC)
+        self._digest_at = _only(self._attributes, _DIGEST_MARK)
+        certificates = [signer] + [_asn1_cert(c)
+                                   for c in _unique([c for c in chain if c != cert])]
+        template = _content_info(signer_id, attributes, certificates,
+                                 bytes(self._signature_size))
+        # In SignerInfo the attributes are [0] IMPLICIT, the signature comes last.
+        implicit = b"\xa0" + self._attributes[1:]
+        at = _only(template, implicit)
+        self._head = template[:at]
+        self._tail = template[at + len(implicit):len(template) - self._signature_size]
+
+    def sign(self, entity: bytes, now: datetime | None = None) -> bytes:
+        """A multipart/signed entity: `entity` and a detached SHA-256 signature."""
+        content = canonical(entity)
+        signature = self.signed_data(content, now)
+        boundary = new_boundary(content)
+        delimiter = b"--" + boundary.encode("ascii")
+        head = ('Content-Type: multipart/signed; protocol="application/pkcs7-signature";'
+                f' micalg=sha-256; boundary="{boundary}"').encode("ascii") + CRLF
+        body = (_SIGNED_PREAMBLE + CRLF + delimiter + CRLF + content + CRLF + delimiter
+                + CRLF + join_entity(_SIGNATURE_HEAD, base64_body(signature))
+                + CRLF + delimiter + b"--" + CRLF)
+        return join_entity(head, body)
+
+    def signed_data(self, content: bytes, now: datetime | None = None) -> bytes:
+        """A detached SignedData ContentInfo (DER) over exactly `content` (RFC 5652 5)."""
+        moment = (now or datetime.now(UTC)).astimezone(UTC)
+        attributes = bytearray(self._attributes)
+        attributes[self._time_at:self._time_at + len(_TIME_MARK_UTC)] = \
+            moment.strftime("%y%m%d%H%M%SZ").encode("ascii")
+        attributes[self._digest_at:self._digest_at + 32] = hashlib.sha256(content).digest()
+        signature = self.key.sign(bytes(attributes), padding.PKCS1v15(), hashes.SHA256())
+        if len(signature) != self._signature_size:  # cryptography pads it: never happens
+            raise ValueError("RSA signature of unexpected length")
+        return b"".join((self._head, b"\xa0", memoryview(attributes)[1:], self._tail,
+                         signature))
+
+
+# Placeholders for the template: of the length the real values have, and not found
+# anywhere else in the attributes (checked by _only).
+_DIGEST_MARK = bytes(range(0xA0, 0xC0))  # SHA-256: 32 bytes
+_TIME_MARK = datetime(2049, 12, 31, 23, 59, 58, tzinfo=UTC)  # UTCTime: always 13 characters
+_TIME_MARK_UTC = b"491231235958Z"
+
+
+def _only(data: bytes, part: bytes) -> int:
+    """Where `part` is in `data`; ValueError unless it is there exactly once."""
+    at = data.find(part)
+    if at < 0 or data.find(part, at + 1) >= 0:
+        raise ValueError("SignedData template: a placeholder is not unique")
+    return at
+
+
+def _content_info(signer_id: cms.IssuerAndSerialNumber, attributes: cms.CMSAttributes,
+                  certificates: list[asn1_x509.Certificate], signature: bytes) -> bytes:
     signer_info = cms.SignerInfo({
         "version": "v1",
         "sid": cms.SignerIdentifier({"issuer_and_serial_number": signer_id}),
@@ -85,7 +146,6 @@ def signed_data(content: bytes, cert: x509.Certificate, key: rsa.RSAPrivateKey,
         "signature_algorithm": {"algorithm": "rsassa_pkcs1v15"},
         "signature": signature,
     })
-    certificates = [signer] + [_asn1_cert(c) for c in _unique([c for c in chain if c != cert])]
     data = cms.SignedData({
         "version": "v1",
         "digest_algorithms": [{"algorithm": "sha256"}],

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import email
 import hashlib
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from gateway.transform.smime import encrypt, sign
+from gateway.transform.smime import Signer, encrypt, sign
 from tests.unit.transform.tools import (
     Gpgsm,
     OpenSSL,
@@ -18,6 +21,7 @@ from tests.unit.transform.tools import (
     recipient_ids,
     signed_data,
     signed_parts,
+    whole_signed_data,
 )
 
 SHA256 = "2.16.840.1.101.3.4.2.1"
@@ -76,6 +80,35 @@ def test_sign_signs_the_canonical_crlf_form(pki: Pki, openssl: OpenSSL) -> None:
     content = b"Content-Type: text/plain\r\n\r\nline one\r\nline two\r\n"
     assert signed_parts(signed)[0] == content
     assert openssl.verify(signed) == content
+
+
+@pytest.fixture(scope="module")
+def signer(pki: Pki) -> Signer:
+    """One Signer for many messages, as a department keeps one."""
+    dep = pki.department
+    return Signer(dep.cert, dep.key, dep.chain)
+
+
+@settings(max_examples=60, deadline=None)
+@given(content=st.binary(max_size=3000),
+       now=st.datetimes(min_value=datetime(1950, 1, 1), max_value=datetime(2049, 12, 31),
+                        timezones=st.just(UTC)),
+       offset=st.integers(min_value=-12 * 60, max_value=14 * 60))
+def test_signer_template_equals_signed_data_built_whole(pki: Pki, signer: Signer,
+                                                        content: bytes, now: datetime,
+                                                        offset: int) -> None:
+    """The values put into the template give the very DER asn1crypto builds from scratch,
+    whatever the digest and the time (also given in another zone than UTC)."""
+    dep = pki.department
+    local = now.astimezone(timezone(timedelta(minutes=offset)))
+    assert signer.signed_data(content, local) == whole_signed_data(content, dep.cert, dep.key,
+                                                                   dep.chain, now)
+
+
+def test_one_signer_signs_many_messages_each_verified(signer: Signer, openssl: OpenSSL) -> None:
+    for text in (b"first", b"second, longer than the first", b""):
+        entity = b"Content-Type: text/plain\r\n\r\n" + text + b"\r\n"
+        assert openssl.verify(signer.sign(entity)) == entity
 
 
 @pytest.fixture(scope="module")

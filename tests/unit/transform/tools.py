@@ -4,12 +4,18 @@ implementations (OpenSSL, GnuPG's gpgsm) that must read what we produce."""
 from __future__ import annotations
 
 import email
+import hashlib
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from asn1crypto import cms
+from asn1crypto import x509 as asn1_x509
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from tests.support.partner import PASSPHRASE, gpgsm_pkcs12
 from tests.support.pki import CA, Issued
@@ -142,3 +148,39 @@ def recipient_ids(message: bytes) -> set[tuple[bytes, int]]:
         rid = info.chosen["rid"].chosen
         ids.add((rid["issuer"].dump(), rid["serial_number"].native))
     return ids
+
+
+def whole_signed_data(content: bytes, cert: x509.Certificate, key: rsa.RSAPrivateKey,
+                      chain: Sequence[x509.Certificate], now: datetime) -> bytes:
+    """The SignedData of `Signer`, built whole by asn1crypto: the reference it must equal."""
+    def asn1(c: x509.Certificate) -> asn1_x509.Certificate:
+        return asn1_x509.Certificate.load(c.public_bytes(serialization.Encoding.DER))
+
+    signer = asn1(cert)
+    signer_id = cms.IssuerAndSerialNumber({"issuer": signer.issuer,
+                                           "serial_number": signer.serial_number})
+    attributes = cms.CMSAttributes(sorted([
+        cms.CMSAttribute({"type": "content_type", "values": ["data"]}),
+        cms.CMSAttribute({"type": "signing_time",
+                          "values": [cms.Time({"utc_time": now.replace(microsecond=0)})]}),
+        cms.CMSAttribute({"type": "message_digest",
+                          "values": [hashlib.sha256(content).digest()]}),
+        cms.CMSAttribute({"type": "smime_capabilities", "values": [
+            [{"capability_id": n} for n in ("aes256_cbc", "aes192_cbc", "aes128_cbc")]]}),
+        cms.CMSAttribute({"type": "encrypt_key_pref", "values": [
+            cms.SMIMEEncryptionKeyPreference({"issuer_and_serial_number": signer_id})]}),
+    ], key=lambda a: a.dump()))
+    signature = key.sign(attributes.dump(), padding.PKCS1v15(), hashes.SHA256())
+    signer_info = cms.SignerInfo({
+        "version": "v1", "sid": cms.SignerIdentifier({"issuer_and_serial_number": signer_id}),
+        "digest_algorithm": {"algorithm": "sha256"}, "signed_attrs": attributes,
+        "signature_algorithm": {"algorithm": "rsassa_pkcs1v15"}, "signature": signature,
+    })
+    data = cms.SignedData({
+        "version": "v1", "digest_algorithms": [{"algorithm": "sha256"}],
+        "encap_content_info": {"content_type": "data"},
+        "certificates": [cms.CertificateChoices({"certificate": asn1(c)})
+                         for c in [cert, *[c for c in chain if c != cert]]],
+        "signer_infos": [signer_info],
+    })
+    return cms.ContentInfo({"content_type": "signed_data", "content": data}).dump()
