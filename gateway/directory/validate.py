@@ -39,6 +39,7 @@ from pyhanko_certvalidator.path import ValidationPath
 from pyhanko_certvalidator.policy_decl import NO_REVOCATION, CertRevTrustPolicy
 from pyhanko_certvalidator.revinfo.validate_crl import verify_crl
 
+from gateway.directory.choices import ChoiceCache
 from gateway.directory.crl import IndexedCrls, Revocation
 from gateway.model import CertificateInfo, RecipientClass
 
@@ -115,6 +116,7 @@ class RecipientValidator:
         intermediates: Sequence[x509.Certificate] = (),
         crls: CrlStore | None = None,
         revocation: str = "soft-fail",
+        choices: ChoiceCache[Choice] | None = None,
     ) -> None:
         if not trust_anchors:
             raise ValueError("at least one trust anchor is needed")
@@ -124,6 +126,10 @@ class RecipientValidator:
         self._hard_fail = revocation == "hard-fail"
         self._anchors = [_asn1(c.public_bytes(Encoding.DER)) for c in trust_anchors]
         self._intermediates = [_asn1(c.public_bytes(Encoding.DER)) for c in intermediates]
+        # A choice is good until the first of its certificates expires, these included.
+        self._configured_until = min(c.not_valid_after_utc
+                                     for c in (*trust_anchors, *intermediates))
+        self._choices: ChoiceCache[Choice] = choices if choices is not None else ChoiceCache()
         # One worker: the parsed anchors and CRLs are shared between validations and
         # asn1crypto's lazy parsing is not thread-safe; the GIL would serialise it anyway.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recipient-validator")
@@ -132,13 +138,22 @@ class RecipientValidator:
         """Classify an address from the DER certificates its directory entry holds.
 
         CA certificates among `ders` serve as intermediates, never as candidates. The
-        work is CPU-bound, so it runs in the validator's worker thread.
+        work is CPU-bound, so it runs in the validator's worker thread; a certificate
+        chosen for the same address, certificates and CRLs a little earlier is taken
+        again without (gateway.directory.choices).
         """
         moment = _moment(now)
         crls = await self._crls()
+        key = address_key(address)
+        kept = self._choices.get(key, ders, moment, crls)
+        if kept is not None:
+            return kept
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
+        choice, until = await loop.run_in_executor(
             self._worker, self._choose_blocking, address, list(ders), moment, crls)
+        if choice.cls == RecipientClass.SMIME:
+            self._choices.put(key, ders, choice, moment, crls, until)
+        return choice
 
     async def signer_problem(self, address: str, der: bytes, others: Sequence[bytes] = (),
                              now: datetime | None = None) -> str | None:
@@ -169,10 +184,22 @@ class RecipientValidator:
         self._worker.shutdown(wait=False)
 
     def _choose_blocking(self, address: str, ders: list[bytes], moment: datetime,
-                         crls: list[asn1_crl.CertificateList]) -> Choice:
+                         crls: list[asn1_crl.CertificateList]) -> tuple[Choice, datetime]:
+        """The choice, and until when it may be kept (see _valid_until)."""
         # pyhanko-certvalidator is async only for fetching, which is off: a private
         # loop in this thread runs it without touching the caller's loop.
-        return asyncio.run(self._choose(address_key(address), ders, moment, crls))
+        choice = asyncio.run(self._choose(address_key(address), ders, moment, crls))
+        return choice, self._valid_until(ders, crls)
+
+    def _valid_until(self, ders: list[bytes], crls: list[asn1_crl.CertificateList]) -> datetime:
+        """The first end of validity among the certificates and the CRLs' next updates."""
+        ends = [self._configured_until]
+        ends += [cert.not_valid_after_utc for der in ders if (cert := _parse(der))]
+        for crl in crls:
+            next_update = crl["tbs_cert_list"]["next_update"].native
+            ends.append(next_update if next_update is not None else datetime.min.replace(
+                tzinfo=UTC))  # no nextUpdate: nothing is kept
+        return min(ends)
 
     def _signer_blocking(self, address: str, der: bytes, others: list[bytes],
                          moment: datetime, crls: list[asn1_crl.CertificateList]) -> str | None:

@@ -232,3 +232,28 @@ def test_configuration_errors(root):
         RecipientValidator([])
     with pytest.raises(ValueError, match="revocation"):
         RecipientValidator([root.cert], revocation="maybe")
+
+
+async def test_a_kept_choice_gives_way_to_a_new_crl(tmp_path, make):
+    """The certificate chosen a moment ago is not chosen again once a CRL revokes it."""
+    ca = CA("Later Revoking CA")
+    leaf = ca.issue(ADDRESS)
+    store = await crl_store(tmp_path, ca.crl(), issuers=[ca.cert])
+    validator = make(ca, crls=store)
+    assert (await validator.choose(ADDRESS, [leaf.der])).cls == SMIME
+    assert (await validator.choose(ADDRESS, [leaf.der])).cls == SMIME  # kept
+    when = NOW - timedelta(hours=1)
+    ca.revoke(leaf, when)
+    (tmp_path / "0.crl").write_bytes(ca.crl())
+    await store.refresh(force=True)
+    choice = await validator.choose(ADDRESS, [leaf.der])
+    assert (choice.cls, choice.reason) == (UNSAFE, f"revoked {when:%Y-%m-%d}")
+
+
+async def test_a_kept_choice_ends_when_its_certificate_does(root, make):
+    leaf = root.issue(ADDRESS)
+    validator = make(root)
+    assert (await validator.choose(ADDRESS, [leaf.der])).cls == SMIME
+    later = leaf.cert.not_valid_after_utc + timedelta(days=1)
+    choice = await validator.choose(ADDRESS, [leaf.der], now=later)
+    assert choice.reason == f"expired {leaf.cert.not_valid_after_utc:%Y-%m-%d}"
