@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+import base64
 
-from gateway.transform.mime import canonical, part_spans
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.transform.mime import base64_body, canonical, part_spans
 
 
 @pytest.mark.parametrize(("body", "parts"), [
@@ -25,3 +29,12 @@ def test_canonical_makes_every_line_end_crlf_and_leaves_canonical_data_alone() -
     data = b"a\r\nb\r\n" * 1000
     assert canonical(data) is data
     assert canonical(b"a\rb\n") == b"a\rb\r\n"  # a bare CR is not a line end to rewrite
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=1000))
+def test_base64_body_is_76_character_crlf_lines_of_the_data(data: bytes) -> None:
+    """RFC 2045 6.8, as the plain slicing of the encoded text into lines writes it."""
+    encoded = base64.b64encode(data)
+    assert base64_body(data) == b"".join(encoded[i:i + 76] + b"\r\n"
+                                         for i in range(0, len(encoded), 76))
