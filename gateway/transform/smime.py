@@ -110,6 +110,8 @@ class Signer:
     def signed_data(self, content: bytes, now: datetime | None = None) -> bytes:
         """A detached SignedData ContentInfo (DER) over exactly `content` (RFC 5652 5)."""
         moment = (now or datetime.now(UTC)).astimezone(UTC)
+        if not 1950 <= moment.year <= 2049:  # RFC 5652 11.3: GeneralizedTime, not ours
+            raise ValueError(f"signing time {moment:%Y} is outside UTCTime's years")
         attributes = bytearray(self._attributes)
         attributes[self._time_at:self._time_at + len(_TIME_MARK_UTC)] = \
             moment.strftime("%y%m%d%H%M%SZ").encode("ascii")

@@ -105,6 +105,12 @@ def test_signer_template_equals_signed_data_built_whole(pki: Pki, signer: Signer
                                                                    dep.chain, now)
 
 
+@pytest.mark.parametrize("year", [1949, 2050])
+def test_signer_refuses_a_time_utctime_cannot_hold(signer: Signer, year: int) -> None:
+    with pytest.raises(ValueError, match="UTCTime"):
+        signer.signed_data(b"x", datetime(year, 6, 1, tzinfo=UTC))
+
+
 def test_one_signer_signs_many_messages_each_verified(signer: Signer, openssl: OpenSSL) -> None:
     for text in (b"first", b"second, longer than the first", b""):
         entity = b"Content-Type: text/plain\r\n\r\n" + text + b"\r\n"
