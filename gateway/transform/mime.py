@@ -136,9 +136,8 @@ def new_boundary(content: bytes) -> str:
 
 def base64_body(data: bytes) -> bytes:
     """`data` in base64, in lines of 76 characters ending in CRLF (RFC 2045 6.8)."""
-    # binascii writes the lines (57 bytes each, LF) in C; a slice per line in Python
-    # cost milliseconds per megabyte. Base64 holds no LF of its own to confuse.
-    return base64.encodebytes(data).replace(b"\n", CRLF)
+    encoded = base64.b64encode(data)
+    return b"".join(encoded[i:i + 76] + CRLF for i in range(0, len(encoded), 76))
 
 
 def decode_transfer(body: bytes, encoding: str) -> bytes:
