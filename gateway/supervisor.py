@@ -37,6 +37,7 @@ from gateway.model import Envelope
 from gateway.observe import metrics, multiprocess
 from gateway.policy.classify import Classifier
 from gateway.policy.sepo import SepoWatch
+from gateway.signals import DaemonSignals
 from gateway.spool import admin, partitions
 from gateway.spool.store import Spool, SpoolBusy
 
@@ -331,24 +332,15 @@ def _v6only(s: socket.socket, family: int) -> None:
 
 async def serve(config: Config, argv: list[str]) -> int:
     """Run the daemon until SIGTERM or SIGINT; 0 on a clean stop."""
+    signals = DaemonSignals(asyncio.get_running_loop())
     database = open_database(config)
     loaded = await load_policy(config, database=database)
     supervisor = Supervisor(config, loaded, argv, database)
     await supervisor.start()
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    reloads: set[asyncio.Task[None]] = set()
-
-    def hup() -> None:
-        task = loop.create_task(supervisor.reload())
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
-
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, hup)
+    reloads = asyncio.create_task(signals.reloads(supervisor.reload))
     log.info("send-sikkert ready")
-    await stop.wait()
+    await signals.stop.wait()
     log.info("stopping")
+    reloads.cancel()
     await supervisor.stop()
     return 0

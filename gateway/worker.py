@@ -23,6 +23,7 @@ from gateway.cluster import open_database
 from gateway.config import Config
 from gateway.control import Request, serve_worker_end
 from gateway.edge.counts import SharedCounts
+from gateway.signals import DaemonSignals
 from gateway.spool import admin
 from gateway.spool.partitions import partition_dir
 from gateway.spool.store import Spool
@@ -44,19 +45,13 @@ async def run(config: Config, index: int, workers: int, control_fd: int, counts_
               parent: int) -> int:
     """Run worker `index` of `workers` until SIGTERM or until the supervisor is gone."""
     die_with_parent(parent)
+    signals = DaemonSignals(asyncio.get_running_loop())
     database = open_database(config)
     loaded = await load_policy(config, database=database)
     gateway = Gateway(config, loaded, Spool(partition_dir(config.spool.dir, index)), workers,
                       database, SharedCounts(counts_fd, workers, index))
     await gateway.start()
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    reloads: set[asyncio.Task[None]] = set()
-
-    def hup() -> None:
-        task = loop.create_task(gateway.reload())
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
 
     async def handle(request: Request) -> dict[str, Any]:
         queue_id = request.get("id")
@@ -69,14 +64,13 @@ async def run(config: Config, index: int, workers: int, control_fd: int, counts_
                 return {"busy": str(e)}
         return {"error": f"unknown request {request.get('op')!r}"}
 
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, hup)
+    reloads = loop.create_task(signals.reloads(gateway.reload))
     ready = asyncio.Event()
     channel = loop.create_task(serve_worker_end(socket.socket(fileno=control_fd), handle, ready))
-    channel.add_done_callback(lambda _: stop.set())  # the supervisor went away
+    channel.add_done_callback(lambda _: signals.stop.set())  # the supervisor went away
     ready.set()
-    await stop.wait()
+    await signals.stop.wait()
+    reloads.cancel()
     await gateway.stop()
     channel.cancel()
     return 0

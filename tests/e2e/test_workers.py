@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 
-from tests.support.daemon import Daemon, GatewayConfig
+from tests.support.daemon import Daemon, GatewayConfig, descendants
 from tests.support.sink import free_port
 
 ACCEPTED = 250
@@ -96,6 +96,21 @@ def test_fewer_workers_after_a_restart_deliver_every_message(config: GatewayConf
     assert len(healed.wait_outbox(15)) == 15
     healed.wait_queue_empty()
     assert not (config.spool / "w1").exists() and not (config.spool / "w2").exists()
+
+
+def test_signals_while_the_workers_start_wait_for_the_start(config: GatewayConfig, daemons):
+    """`docker stop` right after `docker start`: SIGHUP and SIGTERM that come while the
+    supervisor is still starting its workers are not met by their default action (killed
+    by the signal); the daemon finishes starting, then stops cleanly with its workers."""
+    config.workers = 2
+    daemon = Daemon(config)
+    daemons.append(daemon)
+    proc = daemon.spawn()
+    wait(lambda: descendants(proc.pid), "a worker process started", daemon)
+    proc.send_signal(signal.SIGHUP)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0, daemon.logs()[-4000:]
+    assert "send-sikkert ready" in daemon.logs() and daemon.worker_pids() == []
 
 
 def test_killing_the_daemon_takes_its_workers_and_the_lock(config: GatewayConfig, daemons):

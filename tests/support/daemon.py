@@ -255,11 +255,8 @@ class Daemon:
         Should another process hold one of them (`free_port` reserves, so it should not),
         the error names that process rather than leaving the test to read its replies.
         """
-        self.config.write()
-        with open(self.log, "ab") as log:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen([SCRIPT, "--config", str(self.config.path), "serve",
-                                          *self.serve_args],
-                                         stdout=subprocess.DEVNULL, stderr=log, env=self.env)
+        self.spawn()
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         problem = "no answer yet"
         while time.monotonic() < deadline:
@@ -275,6 +272,15 @@ class Daemon:
             time.sleep(0.05)
         raise RuntimeError(f"gateway did not start within {timeout} s ({problem})"
                            f"{self._strangers()}:\n{self.logs()}")
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        """Start the daemon's process, without waiting for it to answer."""
+        self.config.write()
+        with open(self.log, "ab") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen([SCRIPT, "--config", str(self.config.path), "serve",
+                                          *self.serve_args],
+                                         stdout=subprocess.DEVNULL, stderr=log, env=self.env)
+        return self.proc
 
     def _unanswered(self) -> str:
         """What has not answered yet: "" once /healthz says 200 and SMTP greets with 220."""
