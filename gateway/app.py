@@ -144,7 +144,12 @@ async def switch_policy(old: LoadedPolicy, new: LoadedPolicy) -> None:
         await old.directory.close()
     if old.policy.replies is not None:
         await old.policy.replies.close()
-    metrics.sepo_domains.set(len(new.sepo))
+    report_policy(new)
+
+
+def report_policy(loaded: LoadedPolicy) -> None:
+    """The gauges of the policy in force: read at start, or after a good reload."""
+    metrics.sepo_domains.set(len(loaded.sepo))
     for source in ("configuration", "sepo"):
         metrics.last_reload_successful.labels(source=source).set(1)
 
@@ -181,9 +186,7 @@ class Gateway:
         self._sepo_watch = SepoWatch(config.path)
         self._sepo_task: asyncio.Task[None] | None = None
         self._prune_task: asyncio.Task[None] | None = None
-        metrics.sepo_domains.set(len(loaded.sepo))
-        for source in ("configuration", "sepo"):
-            metrics.last_reload_successful.labels(source=source).set(1)
+        report_policy(loaded)
 
     @property
     def classifier(self) -> Classifier:

@@ -28,7 +28,14 @@ from aiohttp import web
 
 from gateway.api.http import make_app
 from gateway.api.tls import HttpsContext, https_context
-from gateway.app import LoadedPolicy, load_policy, switch_policy, watch_sepo, worker_count
+from gateway.app import (
+    LoadedPolicy,
+    load_policy,
+    report_policy,
+    switch_policy,
+    watch_sepo,
+    worker_count,
+)
 from gateway.cluster import open_database
 from gateway.config import Config, ConfigError, load
 from gateway.control import SupervisorEnd, WorkerGone, WorkerUnavailable
@@ -79,9 +86,7 @@ class Supervisor:
         self._counts_fd = counts.create_table(len(self.workers))  # open connections, shared
         self._stopping = False
         self._sepo_task: asyncio.Task[None] | None = None
-        metrics.sepo_domains.set(len(loaded.sepo))
-        for source in ("configuration", "sepo"):
-            metrics.last_reload_successful.labels(source=source).set(1)
+        report_policy(loaded)
 
     @property
     def classifier(self) -> Classifier:
