@@ -256,13 +256,9 @@ async def test_mail_from_outside_goes_to_internal_recipients_only(tmp_path):
     assert data == b"Subject: s\r\n\r\nhej\r\n"  # never tagged: the tag header is gone
 
 
-async def test_a_reply_map_that_cannot_answer_defers_the_reply(tmp_path):
-    config = load(DEMO)
-    spool = Spool(tmp_path)
-    spool.prepare()
-    env = Envelope(id=new_id(), sender="ole@partner.dk", from_outside=True,
-                   recipients=[RecipientState("aeldreomsorg@brondby.dk")], received=time.time())
-    await spool.put(env, b"Subject: s\r\nIn-Reply-To: <a@brondby.dk>\r\n\r\nhej\r\n")
+def replying_policy(config, tmp_path, replies: FileReplyMap) -> Policy:
+    """A department with replies="department" and `replies` as its reply map; every
+    message from outside decrypts to a reply to <a@brondby.dk>."""
     decrypted = Inbound(b"Subject: s\r\n\r\nhej\r\n", DECRYPTED, replied_to=("<a@brondby.dk>",))
 
     class Decrypting(Receiver):
@@ -272,9 +268,19 @@ async def test_a_reply_map_that_cannot_answer_defers_the_reply(tmp_path):
     identity = CA("Pipeline test CA").issue("aeldreomsorg@brondby.dk")
     department = Department(config.departments[0].model_copy(update={"replies": "department"}),
                             identity.cert, (), identity.key)
-    policy = Policy(Classifier(("brondby.dk",), SepoList(frozenset(), tmp_path), None),
-                    (department,), Decrypting((), None, None, decrypt=True, tag_header="x"),
-                    BrokenReplies())
+    return Policy(Classifier(("brondby.dk",), SepoList(frozenset(), tmp_path), None),
+                  (department,), Decrypting((), None, None, decrypt=True, tag_header="x"),
+                  replies)
+
+
+async def test_a_reply_map_that_cannot_answer_defers_the_reply(tmp_path):
+    config = load(DEMO)
+    spool = Spool(tmp_path)
+    spool.prepare()
+    env = Envelope(id=new_id(), sender="ole@partner.dk", from_outside=True,
+                   recipients=[RecipientState("aeldreomsorg@brondby.dk")], received=time.time())
+    await spool.put(env, b"Subject: s\r\nIn-Reply-To: <a@brondby.dk>\r\n\r\nhej\r\n")
+    policy = replying_policy(config, tmp_path, BrokenReplies())
     transport = Recording()
     await Pipeline(config, spool, policy, transport, [].append).attempt(env)
     assert env.recipients[0].state == State.DEFERRED and transport.sent == []
@@ -300,18 +306,7 @@ async def test_an_unexpected_error_takes_back_the_bounces_of_its_attempt(tmp_pat
                                RecipientState("aeldreomsorg@brondby.dk")],
                    received=time.time())
     await spool.put(env, b"Subject: s\r\nIn-Reply-To: <a@brondby.dk>\r\n\r\nhej\r\n")
-    decrypted = Inbound(b"Subject: s\r\n\r\nhej\r\n", DECRYPTED, replied_to=("<a@brondby.dk>",))
-
-    class Decrypting(Receiver):
-        async def receive(self, data: bytes, queue_id: str = "") -> Inbound:
-            return decrypted
-
-    identity = CA("Pipeline test CA").issue("aeldreomsorg@brondby.dk")
-    department = Department(config.departments[0].model_copy(update={"replies": "department"}),
-                            identity.cert, (), identity.key)
-    policy = Policy(Classifier(("brondby.dk",), SepoList(frozenset(), tmp_path), None),
-                    (department,), Decrypting((), None, None, decrypt=True, tag_header="x"),
-                    BuggyReplies())
+    policy = replying_policy(config, tmp_path, BuggyReplies())
     queued: list[Envelope] = []
     with pytest.raises(RuntimeError):
         await Pipeline(config, spool, policy, Recording(), queued.append).attempt(env)
