@@ -64,6 +64,7 @@ class WorkerProcess:
     proc: asyncio.subprocess.Process | None = None
     channel: SupervisorEnd | None = None
     ready: bool = False
+    reload_pending: bool = False  # a SIGHUP came while it started: sent once it is ready
     started: float = 0.0
     restarts: int = 0
     watcher: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -183,6 +184,9 @@ class Supervisor:
         if ready in done and ready.exception() is None:
             ended.cancel()
             w.ready = True
+            if w.reload_pending:  # it may have read the configuration before the change
+                w.reload_pending = False
+                w.proc.send_signal(signal.SIGHUP)
             return
         ready.cancel()
         if ended not in done:
@@ -288,8 +292,12 @@ class Supervisor:
         self.config, self.loaded = config, loaded
         await switch_policy(old, loaded)
         for w in self.workers:
-            if w.proc is not None and w.proc.returncode is None:
+            if w.proc is None or w.proc.returncode is not None:
+                continue
+            if w.ready:
                 w.proc.send_signal(signal.SIGHUP)
+            else:  # still loading: SIGHUP's default action would end it
+                w.reload_pending = True
         log.info("reloaded %s: %d SEPO domain(s), %d department(s)", config.path,
                  len(loaded.sepo), len(loaded.policy.departments))
 
