@@ -209,10 +209,18 @@ def read_cms(entity: bytes) -> cms.ContentInfo | None:
 
 
 def load_cms(body: bytes, encoding: str) -> cms.ContentInfo | None:
-    """The CMS object in a body of that Content-Transfer-Encoding; None when it is none."""
+    """The CMS object in a body of that Content-Transfer-Encoding; None when it is none.
+
+    Strictly: a body that is a CMS object followed by anything else (junk base64 skips,
+    bytes after the DER) is none, so plain text appended to a real EnvelopedData can
+    never pass as "already encrypted".
+    """
     try:
-        der = base64.b64decode(body) if encoding.strip().lower() == "base64" else body
-        info = cms.ContentInfo.load(der)
+        if encoding.strip().lower() == "base64":
+            der = base64.b64decode(b"".join(body.split()), validate=True)
+        else:
+            der = body
+        info = cms.ContentInfo.load(der, strict=True)
         _ = info["content_type"].native  # asn1crypto parses lazily: fail here, not later
     except (ValueError, TypeError, KeyError, binascii.Error):
         return None

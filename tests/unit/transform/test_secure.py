@@ -281,6 +281,20 @@ def test_already_encrypted_message_passes_unchanged(rich: bytes, department: Dep
     assert protect(rich, department, [pki.recipient.cert]) is rich
 
 
+def test_plain_text_after_a_real_enveloped_data_is_encrypted_anew(
+        rich: bytes, department: Department, pki: Pki, openssl: OpenSSL) -> None:
+    # The body is real EnvelopedData, then more base64 that holds plain text: as a whole
+    # it is no CMS object, so it is not let through as "already encrypted".
+    secret = base64.encodebytes(b"CPR 010203-1234 i klartekst\r\n")
+    for tail in (secret, b"!!" + secret):
+        message = rich.rstrip(b"\r\n") + b"\r\n" + tail.replace(b"\n", b"\r\n")
+        assert not is_encrypted(message)
+        protected = protect(message, department, [pki.recipient.cert])
+        assert protected is not message and b"klartekst" not in protected
+        assert tail.strip() not in protected
+        assert openssl.verify(openssl.decrypt(protected, pki.recipient))
+
+
 def test_message_encrypted_by_openssl_is_recognised(pki: Pki, department: Department) -> None:
     recipient_cert = pki.files(pki.recipient)[0]
     done = subprocess.run(["openssl", "cms", "-encrypt", "-aes256", str(recipient_cert)],
