@@ -20,6 +20,7 @@ import codecs
 import io
 import re
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from email.message import Message
 from html.parser import HTMLParser
@@ -245,7 +246,9 @@ class _Walker:
                         self.content(member_data, "application/octet-stream", None,
                                      info.filename, "attachment", member, depth + 1)
         except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, OSError,
-                EOFError, ValueError) as e:
+                EOFError, ValueError, zlib.error, RuntimeError) as e:
+            # zlib.error: damaged deflated data; RuntimeError: zipfile's "encrypted, password
+            # required" for one member of an Office package.
             out.gap("unreadable", name, f"the archive cannot be read: {e}")
         except documents.Encrypted as e:
             out.gap("encrypted", name, str(e))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import zipfile
+
 import pytest
 
 from gateway.policy.dlp.cpr import contains_cpr
@@ -169,6 +172,22 @@ def test_a_damaged_pdf_is_a_gap_and_the_rest_is_still_scanned():
         ("brev.pdf", d.PDF_TYPE, d.pdf("x")[:300])])
     assert places(message) == [("body", "", "010190-XXXX")]
     assert gaps(message) == [("unreadable", "brev.pdf")]
+
+
+def damaged(archive: bytes, member: str) -> bytes:
+    """`archive` with the deflated data of `member` overwritten: inflating it fails."""
+    info = zipfile.ZipFile(io.BytesIO(archive)).getinfo(member)
+    start = info.header_offset + 30 + len(info.filename.encode()) + 2
+    return archive[:start] + b"\xff" * 40 + archive[start + 40:]
+
+
+def test_damaged_archives_and_documents_are_gaps_and_the_rest_is_still_scanned():
+    archive = damaged(d.zip_of({"liste.csv": f"cpr;{CPR}\n".encode() * 200}), "liste.csv")
+    document = damaged(d.docx_runs("Bente " + CPR + " har sår " * 300), "word/document.xml")
+    message = d.mail(f"Bente {CPR}", attachments=[
+        ("bilag.zip", "application/zip", archive), ("notat.docx", d.DOCX_TYPE, document)])
+    assert places(message) == [("body", "", "010190-XXXX")]
+    assert gaps(message) == [("unreadable", "bilag.zip"), ("unreadable", "notat.docx")]
 
 
 def test_limits_on_bytes_parts_and_pages():
