@@ -172,7 +172,16 @@ class Handler:
         except SpoolError as e:
             log.error("spool write failed: %s", e)
             return SPOOL_FULL if e.full else SPOOL_FAILED
-        fields, _ = rawmail.split(body.head)
+        try:
+            self._report_received(queued, body.head, sender, checks.size)
+        except Exception:  # durable now: it is delivered and answered 250 all the same
+            log.exception("%s: queued, but the received line could not be written", queued.id)
+        self.on_accepted(queued)
+        return f"250 2.0.0 Ok: queued as {queued.id}"
+
+    def _report_received(self, queued: Envelope, head: bytes, sender: str, size: int) -> None:
+        """The metric and the mail log's received line (the pipeline reads the tags anew)."""
+        fields, _ = rawmail.split(head)
         tagging = read_tags(fields, self.tags)
         tagged = tagging.tagged and not queued.from_outside  # outsiders never tag
         metrics.messages_received.labels(tagged=str(tagged).lower()).inc()
@@ -180,11 +189,9 @@ class Handler:
                       if tagged else None)
         message_id = (rawmail.get(fields, "Message-ID") or "").strip()
         maillog.received(queued.id, client=queued.client, helo=queued.helo, sender=sender,
-                         size=checks.size, message_id=message_id, tagged=tagged,
+                         size=size, message_id=message_id, tagged=tagged,
                          department=department.id if department else "",
                          nrcpt=len(queued.recipients))
-        self.on_accepted(queued)
-        return f"250 2.0.0 Ok: queued as {queued.id}"
 
 
 def _client(session: Session) -> str:

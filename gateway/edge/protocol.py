@@ -335,6 +335,7 @@ class GatewaySMTP(SMTP):
         try:
             status = await self._call_handler_hook("DATA")
         finally:
+            body.discard()  # a hook that failed before its commit leaves no file behind
             self._set_post_data_state()
         await self.push(status)
 
