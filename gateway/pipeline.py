@@ -38,7 +38,7 @@ from gateway.policy.dlp.cpr import contains_cpr
 from gateway.policy.dlp.scan import ScanFailed, Scanner, describe_places, limits_from
 from gateway.policy.routing import Routing
 from gateway.policy.tags import read_tags, resolve_department
-from gateway.spool.body import MessageData, Spooled, head_of, whole
+from gateway.spool.body import MessageData, Spooled, SpoolReadError, head_of, whole
 from gateway.spool.store import Spool, SpoolError
 from gateway.transform.headers import outgoing
 from gateway.transform.mime import MimeLimitError
@@ -175,13 +175,20 @@ class Pipeline:
         outcomes = await asyncio.gather(*(self._deliver(env, job, notices) for job in jobs),
                                         return_exceptions=True)
         for job, outcome in zip(jobs, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
+            if isinstance(outcome, SpoolReadError):
+                log.error("%s: delivery via %s stopped: %s; deferring", env.id, job.route,
+                          outcome)
+                reply = Reply(451, "4.3.0", "cannot read the spooled message, will retry")
+            elif isinstance(outcome, BaseException):
                 # Fail closed, one hop at a time: its recipients wait, the others' stand.
                 log.error("%s: delivery via %s failed unexpectedly; deferring", env.id,
                           job.route, exc_info=outcome)
-                for r in job.recipients:
-                    if not r.state.final:
-                        self._defer(env, r, Reply(451, "4.3.0", "internal error, will retry"))
+                reply = Reply(451, "4.3.0", "internal error, will retry")
+            else:
+                continue
+            for r in job.recipients:
+                if not r.state.final:
+                    self._defer(env, r, reply)
         self._age_checks(env, notices)
         await self._report(env, head, notices)
         for r in due:

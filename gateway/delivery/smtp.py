@@ -221,6 +221,9 @@ class SmtpTransport:
                 return answer
             return replace(answer, tls_version=ssl_object.version() or "",
                            tls_cipher=(ssl_object.cipher() or ("",))[0])
+        except BaseException:
+            client.close()  # maybe within DATA: a QUIT would be read as message text
+            raise
         finally:
             if keep:
                 await self.sessions.release(key, session)
@@ -349,6 +352,7 @@ class SmtpTransport:
             lost = Reply(451, "4.4.2", f"lost connection with {peer}: {e}")
             for r in rcpts:
                 replies.setdefault(r.address, lost)
+            client.close()  # maybe within DATA: a QUIT would be read as message text
             return HostReplies(replies, dsn), False
         return HostReplies(replies, dsn), True
 

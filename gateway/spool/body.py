@@ -21,6 +21,11 @@ HEAD_MAX = 1 << 20  # a header block longer than this is not streamed: the messa
 _END_OF_HEADERS = re.compile(rb"\r?\n\r?\n")
 
 
+class SpoolReadError(Exception):
+    """The spool file could not be read while it was being sent: our fault, not the next
+    hop's (not an OSError, so delivery never takes it for a lost connection)."""
+
+
 @dataclass(frozen=True)
 class Spooled:
     """A message whose header block (`head`, with the blank line after it) is in memory
@@ -44,7 +49,10 @@ class Spooled:
 
     async def read(self) -> bytes:
         """The whole message, for what cannot work on it piece by piece."""
-        return self.head + await asyncio.to_thread(self._read_body)
+        try:
+            return self.head + await asyncio.to_thread(self._read_body)
+        except OSError as e:
+            raise SpoolReadError(f"cannot read {self.path}: {e}") from None
 
     def _read_body(self) -> bytes:
         with open(self.path, "rb") as f:
@@ -54,16 +62,21 @@ class Spooled:
     async def pieces(self, size: int = CHUNK) -> AsyncIterator[bytes]:
         """The header block, then the body `size` bytes at a time, each read in a thread."""
         yield self.head
-        f = await asyncio.to_thread(open, self.path, "rb")
+        try:
+            f = await asyncio.to_thread(open, self.path, "rb")
+        except OSError as e:
+            raise SpoolReadError(f"cannot read {self.path}: {e}") from None
         try:
             await asyncio.to_thread(f.seek, self.offset)
             left = self.body_size
             while left > 0:
                 chunk = await asyncio.to_thread(f.read, min(size, left))
                 if not chunk:
-                    raise OSError(f"{self.path} ended {left} bytes early")
+                    raise SpoolReadError(f"{self.path} ended {left} bytes early")
                 left -= len(chunk)
                 yield chunk
+        except OSError as e:
+            raise SpoolReadError(f"cannot read {self.path}: {e}") from None
         finally:
             f.close()
 

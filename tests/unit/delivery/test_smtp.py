@@ -15,7 +15,7 @@ import trustme
 
 from gateway.delivery import Rcpt, Result, Route, TlsPolicy, parse_route
 from gateway.delivery.smtp import SmtpTransport, server_reply, xtext
-from gateway.spool.body import Spooled, open_spooled
+from gateway.spool.body import Spooled, SpoolReadError, open_spooled
 from tests.support.sink import SmtpSink, free_port, server_tls
 
 OK = 250
@@ -481,3 +481,18 @@ async def test_a_message_left_on_disk_goes_over_verified_tls(
     assert codes(result) == {"lone@partner.test": OK}
     [msg] = sink.messages
     assert msg.tls and msg.content == LARGE_HEAD + LARGE_BODY
+
+
+async def test_a_spool_file_that_cannot_be_read_stops_the_message_not_the_hop(
+        transport: SmtpTransport, tmp_path: Path) -> None:
+    # Our fault, not the next hop's: no "lost connection" reply that sends the message on
+    # to the next MX host, and never a final dot after part of the message.
+    data = spooled(tmp_path)
+    os.truncate(data.path, len(LARGE_HEAD) + len(LARGE_BODY) // 2)
+    async with SmtpSink() as sink:
+        with pytest.raises(SpoolReadError, match="bytes early"):
+            await send(transport, sink.route, data=data)
+        assert ("RCPT", False) in sink.commands and sink.messages == []
+    data.path.unlink()
+    with pytest.raises(SpoolReadError, match="cannot read"):
+        await data.read()
