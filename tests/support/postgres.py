@@ -30,7 +30,18 @@ if TYPE_CHECKING:
 # The `open_node` fixture (tests/conftest.py): open_node("node2") is another node's pool.
 OpenNode = Callable[..., Awaitable["Database"]]
 
-BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def _newest_bin() -> Path:
+    """The server programs of the newest PostgreSQL Debian's `postgresql` installed (15 on
+    bookworm, 17 on trixie)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"),
+                   key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit()
+                   else 0)
+    return found[-1].parent if found else Path("/usr/lib/postgresql/15/bin")
+
+
+BIN = _newest_bin()
 SUPERUSER = "postgres"
 SUPERUSER_PASSWORD = "super-secret"
 ROLE = "gateway"
