@@ -295,7 +295,10 @@ async def queue(args: argparse.Namespace, config: Config) -> int:
         answer = await _offline(args.action, root, config, env)
     status, body = answer
     print(body.get("error") or json.dumps(body), file=sys.stderr if status >= 300 else sys.stdout)
-    return EXIT_OK if status < 300 else EXIT_UNSAFE
+    if status < 300:
+        return EXIT_OK
+    # 1 only for an unknown ID (CONTRACT); busy or unavailable: try again (like check's 75).
+    return EXIT_UNSAFE if status == 404 else EXIT_TEMPFAIL
 
 
 async def _offline(action: str, root: Path, config: Config, env: Any) -> tuple[int, dict]:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import time
 
+from gateway.spool.store import Spool
 from tests.support.daemon import Daemon, GatewayConfig, start
 from tests.support.pki import rsa_key
 from tests.support.sink import free_port
 
+TRY_AGAIN = 75  # EX_TEMPFAIL
 MESSAGE = (b"From: Signe <signo@brondby.dk>\r\nTo: hm@hotmail.dk\r\nSubject: hej\r\n"
            b"Message-ID: <q@brondby.dk>\r\n\r\nhej\r\n")
 
@@ -109,6 +112,26 @@ def test_queue_commands_without_daemon(config: GatewayConfig, daemons):
     listing = json.loads(gateway.cli("queue", "list", "--json").stdout)
     # Only the DSN to the sender is left, waiting for the daemon to deliver it.
     assert [m["sender"] for m in listing["messages"]] == [""]
+
+
+def test_a_daemon_that_holds_the_spool_but_does_not_answer_means_try_again(
+        config: GatewayConfig, daemons):
+    """Not an unknown ID (1): nothing could be changed now, so 75, like check's unknown."""
+    config.default_route = f"smtp://127.0.0.1:{free_port()}"
+    gateway = start(config, daemons)
+    queue_id = gateway.send("signo@brondby.dk", ["hm@hotmail.dk"], MESSAGE)
+    wait_deferred(gateway)
+    gateway.stop()
+    holder = Spool(config.spool)
+    holder.lock()  # as a daemon whose HTTP API is down would
+    try:
+        for args in (("retry",), ("retry", queue_id), ("delete", queue_id)):
+            result = gateway.cli("queue", *args)
+            assert result.returncode == TRY_AGAIN and "does not answer" in result.stderr
+    finally:
+        assert holder.lock_fd is not None
+        os.close(holder.lock_fd)
+    assert gateway.cli("queue", "show", queue_id).returncode == 0  # nothing was changed
 
 
 def test_second_daemon_on_the_same_spool_refuses_to_start(config: GatewayConfig, daemons):
