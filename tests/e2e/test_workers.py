@@ -141,6 +141,17 @@ def test_signals_while_the_workers_start_wait_for_the_start(config: GatewayConfi
     assert "send-sikkert ready" in daemon.logs() and daemon.worker_pids() == []
 
 
+def test_sigint_stops_like_sigterm(config: GatewayConfig, daemons):
+    """CONTRACT: SIGTERM or SIGINT stop the daemon cleanly (Ctrl-C in a terminal)."""
+    deferring(config)
+    gateway = start(config, daemons)
+    queue_id = gateway.send("signo@brondby.dk", ["hm@hotmail.dk"], MESSAGE)
+    wait(lambda: len(gateway.spooled()) == 1, "spooled", gateway)
+    assert gateway.stop(signal.SIGINT) == 0
+    assert gateway.worker_pids() == [] and "stopping" in gateway.logs()
+    assert gateway.cli("queue", "show", queue_id).returncode == 0  # still queued
+
+
 def test_killing_the_daemon_takes_its_workers_and_the_lock(config: GatewayConfig, daemons):
     gateway = start(config, daemons)
     workers = gateway.worker_pids()

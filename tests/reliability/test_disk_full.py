@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from tests.support.rawsmtp import RawSmtp
 
 OK = 250
 NO_STORAGE = 452
+OK_HTTP, NOT_READY = 200, 503
 MESSAGE = (b"From: a@brondby.dk\r\nTo: b@brondby.dk\r\nSubject: s\r\n\r\n"
            + (b"x" * 76 + b"\r\n") * 300)
 
@@ -107,3 +109,22 @@ def test_disk_full_while_a_large_message_streams_in(config: GatewayConfig, daemo
             f"left behind: {sorted(set(after) - set(before))}")
     assert code == NO_STORAGE and text[0].startswith(b"4.3.1"), (code, text)
     assert after == before
+
+
+def test_a_spool_that_cannot_be_written_makes_the_gateway_not_ready(
+        config: GatewayConfig, daemons: list[Daemon], small_spool: Path):
+    """CONTRACT /readyz: 503 with the reason while the spool is not writable (here: made
+    read-only, as the kernel does to a filesystem after an I/O error)."""
+    gateway = Daemon(config)
+    daemons.append(gateway)
+    gateway.start()
+    assert gateway.http("/readyz")[0] == OK_HTTP
+    # A read-only view of the folder over it: the daemon's open files keep the old one.
+    subprocess.run(["mount", "--bind", str(small_spool), str(small_spool)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(small_spool)], check=True)
+        status, body = gateway.http("/readyz")
+        assert status == NOT_READY and "not writable" in json.dumps(body)
+    finally:
+        subprocess.run(["umount", str(small_spool)], check=True)
+    assert gateway.http("/readyz")[0] == OK_HTTP
