@@ -78,27 +78,24 @@ def test_a_dead_worker_comes_back_and_delivers_what_it_left(config: GatewayConfi
          "worker dropped", gateway)
 
 
-def worker_process(index: int, not_pid: int) -> int | None:
-    """The pid of a `serve --worker index` process other than `not_pid`, if one runs."""
-    for pid in map(int, filter(str.isdigit, os.listdir("/proc"))):
-        try:
-            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if pid != not_pid and b"--worker" in args and args[args.index(b"--worker") + 1:][:1] \
-                == [str(index).encode()]:
-            return pid
-    return None
+def worker_index(pid: int) -> int | None:
+    """N of a `serve --worker N` process; None for any other process (or none)."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    return int(args[args.index(b"--worker") + 1]) if b"--worker" in args else None
 
 
 def test_a_reload_while_a_worker_restarts_waits_for_it(config: GatewayConfig, daemons):
     """SIGHUP while a dead worker's successor is still loading: the supervisor holds the
     reload back until it is ready, rather than ending it with SIGHUP's default action."""
     gateway = start(config, daemons)
-    victim = gateway.worker_pids()[0]
-    index = 0 if worker_process(0, not_pid=-1) == victim else 1
+    victim = next(pid for pid in gateway.worker_pids() if worker_index(pid) is not None)
+    index = worker_index(victim)
     os.kill(victim, signal.SIGKILL)
-    wait(lambda: worker_process(index, not_pid=victim), "the successor is loading", gateway)
+    wait(lambda: any(worker_index(pid) == index for pid in gateway.worker_pids()
+                     if pid != victim), "the successor is loading", gateway)
     gateway.signal(signal.SIGHUP)
     wait(lambda: f"worker {index} is back" in gateway.logs(), "the successor ready", gateway)
     wait(lambda: gateway.http("/readyz")[0] == 200, "ready", gateway)
