@@ -8,7 +8,8 @@ or refuses all mail (RFC 7505), which is a 5xx. Implementations sit beside this 
 `smtp` (one SMTP session, RFC 5321/3207/3461/6531), `mx` (RFC 5321 5.1 and RFC 7505),
 `file` (a folder, for the demo and debugging) and `router` (dispatch by route kind).
 What they use sits beside them too: `data` (the DATA writer, dot-stuffing piece by
-piece), `resolver` (the one DNS resolver, with DNSSEC status), `dane` (RFC 7672 TLSA
+piece), `pipelining` (RFC 2920 command groups), `connections` (sessions kept per next
+hop), `resolver` (the one DNS resolver, with DNSSEC status), `dane` (RFC 7672 TLSA
 matching), `mtasts/` (RFC 8461 policies and their cache) and `security` (whether DANE
 or MTA-STS vouch for a domain, asked by the classifier).
 """

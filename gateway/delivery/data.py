@@ -7,7 +7,8 @@ twice for it); `DotStuffer` does the same to any split of it, so a 25 MB body re
 the spool in chunks is never held whole. What crosses a boundary between pieces is
 carried over: a CR at the end of a piece (it may be half of a CRLF) and whether the
 next piece starts a line. `send_data` keeps aiosmtplib for the session and its replies
-and only writes the text itself, waiting for the transport to drain after each piece.
+and only writes the text itself, waiting for the transport to drain after each piece;
+`send_text` is its second half, for a DATA that went out in a pipelined group (RFC 2920).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import re
 from collections.abc import AsyncIterable
 
 import aiosmtplib
+from aiosmtplib.protocol import SMTPProtocol
 from aiosmtplib.response import SMTPResponse
 
 _LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")  # aiosmtplib's, a lone CR or LF too
@@ -71,7 +73,30 @@ async def send_data(client: aiosmtplib.SMTP, pieces: AsyncIterable[bytes], *,
     """
     response = await client.execute_command(b"DATA", timeout=wait)
     if response.code != START_INPUT:
-        raise aiosmtplib.SMTPDataError(response.code, response.message)
+        raise data_refused(response)
+    return await send_text(client, pieces, wait=wait)
+
+
+def data_refused(response: SMTPResponse) -> aiosmtplib.SMTPResponseException:
+    """What a DATA reply other than 354 means: SMTPDataError for a refusal (4xx, 5xx).
+
+    Any other reply (a 250 as if the message had come) is out of step with the
+    conversation: an SMTPResponseException, which ends the session as a lost one.
+    """
+    if response.code >= 400:
+        return aiosmtplib.SMTPDataError(response.code, response.message)
+    return aiosmtplib.SMTPResponseException(
+        response.code, f"{response.code} {response.message} was the reply to DATA")
+
+
+async def send_text(client: aiosmtplib.SMTP, pieces: AsyncIterable[bytes] | None, *,
+                    wait: float | None) -> SMTPResponse:
+    """After a 354: the message and the final dot; the reply, as `send_data` gives it.
+
+    The last piece goes out in one write with the dot, so a small message is one write.
+    `pieces` None sends the dot alone: what ends a transaction the server opened for no
+    recipient (RFC 2920 3.1).
+    """
     protocol = client.protocol
     try:
         if protocol is None:
@@ -79,18 +104,19 @@ async def send_data(client: aiosmtplib.SMTP, pieces: AsyncIterable[bytes], *,
         # A reply the server sends before the dot (552, 421) is kept for read_response,
         # as aiosmtplib's own DATA marks it expected before writing the message.
         protocol._response_pending = True
-        stuffer = DotStuffer()
-        async for piece in pieces:
-            protocol.write(stuffer.feed(piece))
-            try:
-                # The transport's flow control: wait while its buffer is past the mark.
-                await asyncio.wait_for(protocol._drain_helper(), wait)
-            except TimeoutError:
-                raise aiosmtplib.SMTPTimeoutError("Timed out sending the message") from None
-            except ConnectionError as e:
-                raise aiosmtplib.SMTPServerDisconnected("Connection lost") from e
+        held = b""  # the stuffed text of the piece read last, sent once the next is known
+        if pieces is not None:
+            stuffer = DotStuffer()
+            async for piece in pieces:
+                if held:
+                    protocol.write(held)
+                    await _drained(protocol, wait)
+                held = stuffer.feed(piece)
+            held += stuffer.end()
+        else:
+            held = b".\r\n"
         protocol._response_pending = True
-        protocol.write(stuffer.end())
+        protocol.write(held)
         response = await protocol.read_response(timeout=wait)
     except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
         client.close()
@@ -98,3 +124,13 @@ async def send_data(client: aiosmtplib.SMTP, pieces: AsyncIterable[bytes], *,
     if response.code != COMPLETED:
         raise aiosmtplib.SMTPDataError(response.code, response.message)
     return response
+
+
+async def _drained(protocol: SMTPProtocol, wait: float | None) -> None:
+    """The transport's flow control: wait while its buffer is past the high-water mark."""
+    try:
+        await asyncio.wait_for(protocol._drain_helper(), wait)
+    except TimeoutError:
+        raise aiosmtplib.SMTPTimeoutError("Timed out sending the message") from None
+    except ConnectionError as e:
+        raise aiosmtplib.SMTPServerDisconnected("Connection lost") from e

@@ -4,16 +4,19 @@ RFC 5321 (the session, per-recipient replies, DATA applying to accepted recipien
 RFC 3207 (STARTTLS, EHLO again afterwards), RFC 3461 (NOTIFY/ORCPT/RET/ENVID only to a
 server that advertises DSN, which then owes the DSNs for what it accepted: 6.2),
 RFC 6152 (BODY=8BITMIME; for a server without it 8-bit mail is converted to 7-bit),
-RFC 6531 (SMTPUTF8), RFC 1870 (SIZE) and RFC 3463 (enhanced status codes). Every level
-but `may` never sends a byte of the message in plaintext: a missing STARTTLS, a refused
-one or a failed handshake or certificate check ends the session with 4.7.5. Under `dane`
-the peer's chain is matched against the host's TLSA records right after the handshake
+RFC 6531 (SMTPUTF8), RFC 1870 (SIZE), RFC 3463 (enhanced status codes) and RFC 2920
+(PIPELINING: to a host that offers it, RSET, MAIL, every RCPT and DATA go in one write
+and their replies are read in order; else one command at a time). Every level but `may`
+never sends a byte of the message in plaintext: a missing STARTTLS, a refused one or a
+failed handshake or certificate check ends the session with 4.7.5. Under `dane` the
+peer's chain is matched against the host's TLSA records right after the handshake
 (RFC 7672 3), before EHLO is sent again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import re
@@ -23,10 +26,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import aiosmtplib
+from aiosmtplib.email import quote_address
+from aiosmtplib.response import SMTPResponse
 
 from gateway.delivery import Rcpt, Result, Route, TlsPolicy, dane, same_reply
 from gateway.delivery.connections import Session, SessionCache, close_politely
-from gateway.delivery.data import send_data
+from gateway.delivery.data import COMPLETED, START_INPUT, data_refused, send_data, send_text
+from gateway.delivery.pipelining import Group, command
 from gateway.errors import Reply
 from gateway.spool.body import MessageData, head_of, pieces, whole
 from gateway.transform.downgrade import ConversionImpossible, to_7bit
@@ -34,6 +40,7 @@ from gateway.transform.mime import MimeLimitError
 
 log = logging.getLogger(__name__)
 
+_WILL_FORWARD = 251
 _TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 _ENHANCED = re.compile(r"([245]\.\d{1,3}\.\d{1,3})(?:\s+|$)")
 _END_OF_HEADERS = re.compile(rb"\r?\n\r?\n")
@@ -310,42 +317,13 @@ class SmtpTransport:
                 return HostReplies(replies, dsn), True
             message = dataclasses.replace(message, data=data)
         use_utf8 = utf8 and (message.needs_utf8 or not all(r.address.isascii() for r in rcpts))
-        encoding = "utf-8" if use_utf8 else "ascii"
+        envelope = _Envelope(message, rcpts, replies, _mail_options(client, message, use_utf8),
+                             dsn, "utf-8" if use_utf8 else "ascii", reused)
         try:
-            try:
-                await client.mail(message.sender, options=_mail_options(client, message, use_utf8),
-                                  encoding=encoding)
-            except aiosmtplib.SMTPSenderRefused as e:
-                if reused and e.code == 421:
-                    raise _Stale() from None
-                reply = server_reply(e.code, e.message)
-                replies.update({r.address: reply for r in rcpts})
-                return HostReplies(replies, dsn), True
-            except ValueError as e:  # an address aiosmtplib will not put on a command line
-                replies.update({r.address: Reply(553, "5.1.7", str(e)) for r in rcpts})
-                return HostReplies(replies, dsn), True
-            except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError,
-                    OSError):
-                if reused:
-                    raise _Stale() from None
-                raise
-            accepted = []
-            for r in rcpts:
-                try:
-                    await client.rcpt(r.address, options=_rcpt_options(r, dsn), encoding=encoding)
-                    accepted.append(r)
-                except aiosmtplib.SMTPRecipientRefused as e:
-                    replies[r.address] = server_reply(e.code, e.message)
-                except ValueError as e:
-                    replies[r.address] = Reply(553, "5.1.3", str(e))
-            if accepted:
-                try:
-                    response = await send_data(client, pieces(message.data),
-                                               wait=self.data_timeout)
-                    reply = server_reply(response.code, response.message)
-                except aiosmtplib.SMTPDataError as e:
-                    reply = server_reply(e.code, e.message)
-                replies.update({r.address: reply for r in accepted})
+            if client.supports_extension("pipelining"):
+                await self._pipelined(client, envelope)
+            else:
+                await self._lockstep(client, envelope)
         except (aiosmtplib.SMTPException, OSError) as e:
             # Accepted recipients whose DATA reply never came may be delivered twice later:
             # RFC 5321 6.1 prefers that to losing the message.
@@ -355,6 +333,148 @@ class SmtpTransport:
             client.close()  # maybe within DATA: a QUIT would be read as message text
             return HostReplies(replies, dsn), False
         return HostReplies(replies, dsn), True
+
+    async def _lockstep(self, client: aiosmtplib.SMTP, envelope: _Envelope) -> None:
+        """One command, one reply: RSET when the session is reused, MAIL, RCPT..., DATA."""
+        message, replies = envelope.message, envelope.replies
+        try:
+            if envelope.reused:
+                await client.rset()
+            await client.mail(message.sender, options=envelope.mail_options,
+                              encoding=envelope.encoding)
+        except aiosmtplib.SMTPSenderRefused as e:
+            if envelope.reused and e.code == 421:
+                raise _Stale() from None
+            envelope.refuse_all(server_reply(e.code, e.message))
+            return
+        except ValueError as e:  # an address aiosmtplib will not put on a command line
+            envelope.refuse_all(Reply(553, "5.1.7", str(e)))
+            return
+        except (aiosmtplib.SMTPException, OSError):
+            if envelope.reused:  # the hop closed it while it was idle: nothing was sent
+                raise _Stale() from None
+            raise
+        accepted = []
+        for r in envelope.rcpts:
+            try:
+                await client.rcpt(r.address, options=_rcpt_options(r, envelope.dsn),
+                                  encoding=envelope.encoding)
+                accepted.append(r)
+            except aiosmtplib.SMTPRecipientRefused as e:
+                replies[r.address] = server_reply(e.code, e.message)
+            except ValueError as e:
+                replies[r.address] = Reply(553, "5.1.3", str(e))
+        if accepted:
+            try:
+                response = await send_data(client, pieces(message.data),
+                                           wait=self.data_timeout)
+                reply = server_reply(response.code, response.message)
+            except aiosmtplib.SMTPDataError as e:
+                reply = server_reply(e.code, e.message)
+            replies.update({r.address: reply for r in accepted})
+
+    async def _pipelined(self, client: aiosmtplib.SMTP, envelope: _Envelope) -> None:
+        """RFC 2920: [RSET,] MAIL, every RCPT and DATA in one write, then the message.
+
+        The replies are read in order and each counts as it would in lockstep. DATA is the
+        group's last command; the message follows a 354 only when a recipient was taken;
+        a 354 without one gets the lone dot that ends the empty transaction (3.1).
+        """
+        message, replies = envelope.message, envelope.replies
+        try:
+            mail = command(b"MAIL", b"FROM:" + _address(message.sender, envelope.encoding),
+                           *(o.encode("ascii") for o in envelope.mail_options))
+        except ValueError as e:
+            envelope.refuse_all(Reply(553, "5.1.7", str(e)))
+            return
+        lines, sent = [mail], []
+        for r in envelope.rcpts:
+            try:
+                lines.append(command(b"RCPT", b"TO:" + _address(r.address, envelope.encoding),
+                                     *(o.encode("ascii") for o in _rcpt_options(r, envelope.dsn))))
+                sent.append(r)
+            except ValueError as e:
+                replies[r.address] = Reply(553, "5.1.3", str(e))
+        if not sent:
+            return
+        if envelope.reused:
+            lines.insert(0, b"RSET\r\n")
+        lines.append(b"DATA\r\n")
+        got, error = await self._exchange(client, lines)
+        if envelope.reused:  # a hop that closed the session while it was idle: a new one
+            if not got[1:] or got[0].code != COMPLETED or got[1].code == 421:
+                raise _Stale()
+            got = got[1:]
+        if not got:
+            assert error is not None
+            raise error
+        mail, rcpt_replies, data = got[0], got[1:len(sent) + 1], got[len(sent) + 1:]
+        accepted = []
+        if mail.code != COMPLETED:  # the RCPT and DATA replies that follow are moot
+            envelope.refuse_all(server_reply(mail.code, mail.message))
+        else:
+            for r, response in zip(sent, rcpt_replies, strict=False):
+                if response.code in (COMPLETED, _WILL_FORWARD):
+                    accepted.append(r)
+                else:
+                    replies[r.address] = server_reply(response.code, response.message)
+        if error is not None:
+            raise error  # the recipients without a reply yet get "lost connection"
+        [response] = data
+        if response.code != START_INPUT:
+            refused = data_refused(response)
+            if not isinstance(refused, aiosmtplib.SMTPDataError):
+                raise refused
+            replies.update({r.address: server_reply(response.code, response.message)
+                            for r in accepted})
+            return
+        if not accepted:  # RFC 2920 3.1: end with a lone dot what the server began anyway
+            with contextlib.suppress(aiosmtplib.SMTPDataError):
+                await send_text(client, None, wait=self.data_timeout)
+            return
+        try:
+            response = await send_text(client, pieces(message.data), wait=self.data_timeout)
+        except aiosmtplib.SMTPDataError as e:
+            response = SMTPResponse(e.code, e.message)
+        replies.update({r.address: server_reply(response.code, response.message)
+                        for r in accepted})
+
+    async def _exchange(self, client: aiosmtplib.SMTP, lines: list[bytes]
+                        ) -> tuple[list[SMTPResponse], Exception | None]:
+        """A group's replies in order, and what cut them short: a lost connection, a
+        timeout, or a hop out of step (more replies than commands: then none counts)."""
+        got: list[SMTPResponse] = []
+        async with Group(client, lines) as group:
+            try:
+                for _ in range(len(lines) - 1):
+                    got.append(await group.reply(wait=self.timeout))
+                got.append(await group.reply(wait=self.data_timeout))  # RFC 5321 4.5.3.2
+            except (aiosmtplib.SMTPException, OSError) as e:
+                return got, e
+            if not group.in_step:
+                return [], aiosmtplib.SMTPResponseException(-1, "more replies than commands")
+        return got, None
+
+
+@dataclass
+class _Envelope:
+    """One transaction's envelope and the replies gathered for it."""
+
+    message: Outgoing
+    rcpts: list[Rcpt]  # those that may go over this session
+    replies: dict[str, Reply]
+    mail_options: list[str]
+    dsn: bool
+    encoding: str
+    reused: bool  # so RSET goes first
+
+    def refuse_all(self, reply: Reply) -> None:
+        self.replies.update({r.address: reply for r in self.rcpts})
+
+
+def _address(address: str, encoding: str) -> bytes:
+    """`<address>` for MAIL or RCPT, as aiosmtplib writes it (ValueError when it cannot)."""
+    return quote_address(address).encode(encoding)
 
 
 async def _hello(client: aiosmtplib.SMTP) -> None:

@@ -23,7 +23,7 @@ import email
 import email.message
 import email.policy
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,6 +107,8 @@ class SmtpSink:
     dsn:          advertise DSN and accept NOTIFY/ORCPT/RET/ENVID.
     smtputf8:     advertise SMTPUTF8.
     eightbitmime: advertise 8BITMIME (aiosmtpd does by default).
+    pipelining:   advertise PIPELINING (RFC 2920; aiosmtpd reads commands sent together
+                  in order either way, but does not say so).
     refuse:       address -> full reply line for RCPT, e.g. "550 5.1.1 no such user"
                   (matched case-insensitively; keys added later must be lower case).
     mail_reply:   a reply line for every MAIL FROM instead of 250.
@@ -116,14 +118,16 @@ class SmtpSink:
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, hostname: str = "sink.test",
                  tls: ssl.SSLContext | None = None, dsn: bool = False, smtputf8: bool = False,
-                 eightbitmime: bool = True, refuse: Mapping[str, str] | None = None,
+                 eightbitmime: bool = True, pipelining: bool = False,
+                 refuse: Mapping[str, str] | None = None,
                  mail_reply: str | None = None, data_reply: str | None = None) -> None:
         self.host, self.port, self.hostname = host, port, hostname
         self.tls, self.dsn, self.smtputf8, self.eightbitmime = tls, dsn, smtputf8, eightbitmime
+        self.pipelining = pipelining
         self.refuse = {k.lower(): v for k, v in (refuse or {}).items()}
         self.mail_reply, self.data_reply = mail_reply, data_reply
         self.messages: list[Received] = []
-        self.commands: list[tuple[str, bool]] = []  # (EHLO|MAIL|RCPT|DATA, TLS active)
+        self.commands: list[tuple[str, bool]] = []  # (EHLO|RSET|MAIL|RCPT|DATA, TLS active)
         self.connections = 0
         self._server: asyncio.AbstractServer | None = None
         self._protocols: list[_Protocol] = []
@@ -196,7 +200,14 @@ class SmtpSink:
             responses = [r for r in responses if r[4:] != "8BITMIME"]
         if self.dsn:
             responses.insert(-1, "250-DSN")
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
         return responses
+
+    async def handle_RSET(self, server: _Protocol, session: Session,
+                          envelope: Envelope) -> str:
+        self.commands.append(("RSET", session.ssl is not None))
+        return "250 2.0.0 OK"
 
     async def handle_MAIL(self, server: _Protocol, session: Session, envelope: Envelope,
                           address: str, options: list[str]) -> str:
@@ -233,6 +244,9 @@ class SmtpSink:
             self.messages.append(received)
             self._arrived.notify_all()
         return "250 2.0.0 OK: queued"
+
+
+Hop = Callable[..., SmtpSink]  # SmtpSink with some of its options already chosen
 
 
 def server_tls(ca: trustme.CA, *names: str,

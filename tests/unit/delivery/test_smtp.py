@@ -16,7 +16,7 @@ import trustme
 from gateway.delivery import Rcpt, Result, Route, TlsPolicy, parse_route
 from gateway.delivery.smtp import SmtpTransport, server_reply, xtext
 from gateway.spool.body import Spooled, SpoolReadError, open_spooled
-from tests.support.sink import SmtpSink, free_port, server_tls
+from tests.support.sink import Hop, SmtpSink, free_port, server_tls
 
 OK = 250
 TEMPFAIL = 451
@@ -44,8 +44,8 @@ def transport() -> SmtpTransport:
 
 
 @pytest.fixture
-async def plain_sink() -> AsyncIterator[SmtpSink]:
-    async with SmtpSink() as sink:
+async def plain_sink(hop: Hop) -> AsyncIterator[SmtpSink]:
+    async with hop() as sink:
         yield sink
 
 
@@ -76,17 +76,17 @@ async def test_plain_delivery_when_starttls_is_not_offered(transport: SmtpTransp
 
 
 async def test_may_uses_starttls_without_checking_the_certificate(
-        transport: SmtpTransport, untrusted_ca: trustme.CA) -> None:
-    async with SmtpSink(tls=server_tls(untrusted_ca, "wrong.example")) as sink:
+        transport: SmtpTransport, untrusted_ca: trustme.CA, hop: Hop) -> None:
+    async with hop(tls=server_tls(untrusted_ca, "wrong.example")) as sink:
         result = await send(transport, sink.route)
     assert codes(result) == {"lone@partner.test": OK}
     assert sink.messages[0].tls
 
 
 async def test_may_falls_back_to_plaintext_when_the_handshake_fails(
-        transport: SmtpTransport, trusted_ca: trustme.CA) -> None:
+        transport: SmtpTransport, trusted_ca: trustme.CA, hop: Hop) -> None:
     server = server_tls(trusted_ca, "127.0.0.1", maximum=ssl.TLSVersion.TLSv1_2)
-    async with SmtpSink(tls=server) as sink:
+    async with hop(tls=server) as sink:
         result = await send(transport, sink.route, TlsPolicy("may", min_version="1.3"))
     assert codes(result) == {"lone@partner.test": OK}
     assert sink.connections == 2
@@ -96,8 +96,8 @@ async def test_may_falls_back_to_plaintext_when_the_handshake_fails(
 # Required and verified TLS (verify)
 
 async def test_verify_delivers_over_tls_to_a_trusted_host_name(
-        transport: SmtpTransport, trusted_ca: trustme.CA, ca_file: Path) -> None:
-    async with SmtpSink(tls=server_tls(trusted_ca, "localhost")) as sink:
+        transport: SmtpTransport, trusted_ca: trustme.CA, ca_file: Path, hop: Hop) -> None:
+    async with hop(tls=server_tls(trusted_ca, "localhost")) as sink:
         result = await send(transport, f"smtp://localhost:{sink.port}", verify(ca_file))
     assert codes(result) == {"lone@partner.test": OK}
     assert not result.tls_failure
@@ -108,8 +108,8 @@ async def test_verify_delivers_over_tls_to_a_trusted_host_name(
 
 
 async def test_verify_checks_an_ip_literal_host_against_the_ip_san(
-        transport: SmtpTransport, trusted_ca: trustme.CA, ca_file: Path) -> None:
-    async with SmtpSink(tls=server_tls(trusted_ca, "127.0.0.1")) as sink:
+        transport: SmtpTransport, trusted_ca: trustme.CA, ca_file: Path, hop: Hop) -> None:
+    async with hop(tls=server_tls(trusted_ca, "127.0.0.1")) as sink:
         result = await send(transport, sink.route, verify(ca_file))
     assert codes(result) == {"lone@partner.test": OK}
     assert sink.messages[0].tls
@@ -124,8 +124,8 @@ async def assert_refused_without_plaintext(result: Result, sink: SmtpSink) -> No
 
 
 async def test_verify_refuses_an_untrusted_certificate(
-        transport: SmtpTransport, untrusted_ca: trustme.CA, ca_file: Path) -> None:
-    async with SmtpSink(tls=server_tls(untrusted_ca, "127.0.0.1")) as sink:
+        transport: SmtpTransport, untrusted_ca: trustme.CA, ca_file: Path, hop: Hop) -> None:
+    async with hop(tls=server_tls(untrusted_ca, "127.0.0.1")) as sink:
         result = await send(transport, sink.route, verify(ca_file),
                             rcpts=(Rcpt("a@partner.test"), Rcpt("b@partner.test")))
     await assert_refused_without_plaintext(result, sink)
@@ -134,15 +134,15 @@ async def test_verify_refuses_an_untrusted_certificate(
 
 
 async def test_verify_with_the_system_store_refuses_a_private_ca(
-        transport: SmtpTransport, trusted_ca: trustme.CA) -> None:
-    async with SmtpSink(tls=server_tls(trusted_ca, "127.0.0.1")) as sink:
+        transport: SmtpTransport, trusted_ca: trustme.CA, hop: Hop) -> None:
+    async with hop(tls=server_tls(trusted_ca, "127.0.0.1")) as sink:
         result = await send(transport, sink.route, verify(None))
     await assert_refused_without_plaintext(result, sink)
 
 
 async def test_verify_refuses_a_certificate_for_another_name(
-        transport: SmtpTransport, trusted_ca: trustme.CA, ca_file: Path) -> None:
-    async with SmtpSink(tls=server_tls(trusted_ca, "other.example")) as sink:
+        transport: SmtpTransport, trusted_ca: trustme.CA, ca_file: Path, hop: Hop) -> None:
+    async with hop(tls=server_tls(trusted_ca, "other.example")) as sink:
         result = await send(transport, f"smtp://localhost:{sink.port}", verify(ca_file))
     await assert_refused_without_plaintext(result, sink)
 
@@ -155,9 +155,9 @@ async def test_verify_never_sends_in_plaintext_when_starttls_is_missing(
 
 
 async def test_verify_enforces_the_minimum_tls_version(
-        transport: SmtpTransport, trusted_ca: trustme.CA, ca_file: Path) -> None:
+        transport: SmtpTransport, trusted_ca: trustme.CA, ca_file: Path, hop: Hop) -> None:
     server = server_tls(trusted_ca, "127.0.0.1", maximum=ssl.TLSVersion.TLSv1_2)
-    async with SmtpSink(tls=server) as sink:
+    async with hop(tls=server) as sink:
         refused = await send(transport, sink.route, verify(ca_file, "1.3"))
         await assert_refused_without_plaintext(refused, sink)
         assert sink.connections == 1  # no second, plaintext attempt
@@ -167,18 +167,18 @@ async def test_verify_enforces_the_minimum_tls_version(
 
 
 async def test_verify_with_a_missing_ca_file_defers(
-        transport: SmtpTransport, trusted_ca: trustme.CA, tmp_path: Path) -> None:
-    async with SmtpSink(tls=server_tls(trusted_ca, "127.0.0.1")) as sink:
+        transport: SmtpTransport, trusted_ca: trustme.CA, tmp_path: Path, hop: Hop) -> None:
+    async with hop(tls=server_tls(trusted_ca, "127.0.0.1")) as sink:
         result = await send(transport, sink.route, verify(tmp_path / "missing.pem"))
     await assert_refused_without_plaintext(result, sink)
 
 
 async def test_a_changed_ca_file_is_read_again(transport: SmtpTransport,
                                               trusted_ca: trustme.CA, untrusted_ca: trustme.CA,
-                                              tmp_path: Path) -> None:
+                                              tmp_path: Path, hop: Hop) -> None:
     ca = tmp_path / "ca.pem"
     untrusted_ca.cert_pem.write_to_path(str(ca))
-    async with SmtpSink(tls=server_tls(trusted_ca, "127.0.0.1")) as sink:
+    async with hop(tls=server_tls(trusted_ca, "127.0.0.1")) as sink:
         before = await send(transport, sink.route, verify(ca))
         trusted_ca.cert_pem.write_to_path(str(ca))
         later = time.time_ns() + 10**9  # a new mtime even on a coarse clock
@@ -190,9 +190,9 @@ async def test_a_changed_ca_file_is_read_again(transport: SmtpTransport,
 
 # Replies per recipient
 
-async def test_each_recipient_gets_its_own_reply(transport: SmtpTransport) -> None:
+async def test_each_recipient_gets_its_own_reply(transport: SmtpTransport, hop: Hop) -> None:
     refuse = {"gone@partner.test": NO_SUCH_USER, "busy@partner.test": MAILBOX_BUSY}
-    async with SmtpSink(refuse=refuse) as sink:
+    async with hop(refuse=refuse) as sink:
         result = await send(transport, sink.route, rcpts=(
             Rcpt("lone@partner.test"), Rcpt("gone@partner.test"), Rcpt("busy@partner.test")))
     assert codes(result) == {"lone@partner.test": OK, "gone@partner.test": BAD_MAILBOX,
@@ -204,8 +204,8 @@ async def test_each_recipient_gets_its_own_reply(transport: SmtpTransport) -> No
 
 
 async def test_the_data_reply_applies_to_the_accepted_recipients(
-        transport: SmtpTransport) -> None:
-    async with SmtpSink(refuse={"gone@partner.test": NO_SUCH_USER},
+        transport: SmtpTransport, hop: Hop) -> None:
+    async with hop(refuse={"gone@partner.test": NO_SUCH_USER},
                         data_reply=CONTENT_REFUSAL) as sink:
         result = await send(transport, sink.route,
                             rcpts=(Rcpt("lone@partner.test"), Rcpt("gone@partner.test")))
@@ -213,8 +213,9 @@ async def test_the_data_reply_applies_to_the_accepted_recipients(
     assert result.replies["gone@partner.test"].status == "5.1.1"
 
 
-async def test_a_refused_sender_is_every_recipients_reply(transport: SmtpTransport) -> None:
-    async with SmtpSink(mail_reply=POLICY_REFUSAL) as sink:
+async def test_a_refused_sender_is_every_recipients_reply(transport: SmtpTransport,
+        hop: Hop) -> None:
+    async with hop(mail_reply=POLICY_REFUSAL) as sink:
         result = await send(transport, sink.route,
                             rcpts=(Rcpt("a@partner.test"), Rcpt("b@partner.test")))
     assert {r.status for r in result.replies.values()} == {"5.7.1"}
@@ -283,8 +284,9 @@ DSN_RCPTS = (Rcpt("lone@partner.test", ("FAILURE", "DELAY"), "rfc822;lone@partne
              Rcpt("b@partner.test", ("NEVER",)))
 
 
-async def test_dsn_parameters_go_to_a_server_that_offers_dsn(transport: SmtpTransport) -> None:
-    async with SmtpSink(dsn=True) as sink:
+async def test_dsn_parameters_go_to_a_server_that_offers_dsn(transport: SmtpTransport,
+        hop: Hop) -> None:
+    async with hop(dsn=True) as sink:
         result = await send(transport, sink.route, rcpts=DSN_RCPTS, ret="HDRS",
                             envid="Q1+2Bx")
     assert set(codes(result).values()) == {OK}
@@ -305,8 +307,8 @@ async def test_dsn_parameters_are_left_out_without_dsn(transport: SmtpTransport,
 
 
 async def test_recipients_accepted_by_a_dsn_server_are_relayed_with_dsn(
-        transport: SmtpTransport) -> None:
-    async with SmtpSink(dsn=True, refuse={"gone@partner.test": NO_SUCH_USER,
+        transport: SmtpTransport, hop: Hop) -> None:
+    async with hop(dsn=True, refuse={"gone@partner.test": NO_SUCH_USER,
                                           "busy@partner.test": MAILBOX_BUSY}) as sink:
         result = await send(transport, sink.route, rcpts=(
             *DSN_RCPTS, Rcpt("gone@partner.test", ("SUCCESS",)),
@@ -323,8 +325,8 @@ async def test_nothing_is_relayed_with_dsn_to_a_server_without_it(
     assert result.dsn_relayed == frozenset()
 
 
-async def test_a_refused_data_relays_nothing_with_dsn(transport: SmtpTransport) -> None:
-    async with SmtpSink(dsn=True, data_reply=CONTENT_REFUSAL) as sink:
+async def test_a_refused_data_relays_nothing_with_dsn(transport: SmtpTransport, hop: Hop) -> None:
+    async with hop(dsn=True, data_reply=CONTENT_REFUSAL) as sink:
         result = await send(transport, sink.route, rcpts=DSN_RCPTS)
     assert set(codes(result).values()) == {NO_SERVICE}
     assert result.dsn_relayed == frozenset()
@@ -347,12 +349,12 @@ async def test_eight_bit_data_is_announced(transport: SmtpTransport,
 
 
 async def test_eight_bit_is_converted_for_a_server_without_8bitmime(
-        transport: SmtpTransport) -> None:
+        transport: SmtpTransport, hop: Hop) -> None:
     """RFC 6152 3: no 8-bit data to a server that did not ask for it; Postfix converts."""
     data = (b"From: a@x.test\r\nSubject: s\r\nMIME-Version: 1.0\r\n"
             b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n"
             + "\r\nÆldre og omsorg\r\nlinje to\r\n".encode())
-    async with SmtpSink(eightbitmime=False) as sink:
+    async with hop(eightbitmime=False) as sink:
         result = await send(transport, sink.route, data=data)
     assert codes(result) == {"lone@partner.test": OK}
     [msg] = sink.messages
@@ -363,13 +365,13 @@ async def test_eight_bit_is_converted_for_a_server_without_8bitmime(
 
 
 async def test_signed_eight_bit_content_is_refused_not_broken(
-        transport: SmtpTransport) -> None:
+        transport: SmtpTransport, hop: Hop) -> None:
     data = (b'From: a@x.test\r\nMIME-Version: 1.0\r\nContent-Type: multipart/signed; '
             b'protocol="application/pkcs7-signature"; micalg=sha-256; boundary="s"\r\n\r\n'
             b"--s\r\nContent-Type: text/plain; charset=utf-8\r\n"
             b"Content-Transfer-Encoding: 8bit\r\n\r\n" + "Ærø\r\n".encode()
             + b"--s\r\nContent-Type: application/pkcs7-signature\r\n\r\nAAAA\r\n--s--\r\n")
-    async with SmtpSink(eightbitmime=False) as sink:
+    async with hop(eightbitmime=False) as sink:
         result = await send(transport, sink.route, data=data)
     assert {r.status for r in result.replies.values()} == {"5.6.3"}
     assert all(not r.remote for r in result.replies.values())
@@ -379,8 +381,8 @@ async def test_signed_eight_bit_content_is_refused_not_broken(
 UTF8_MESSAGE = "Subject: Ældre\r\n\r\nTekst\r\n".encode()
 
 
-async def test_smtputf8_is_used_when_needed_and_offered(transport: SmtpTransport) -> None:
-    async with SmtpSink(smtputf8=True) as sink:
+async def test_smtputf8_is_used_when_needed_and_offered(transport: SmtpTransport, hop: Hop) -> None:
+    async with hop(smtputf8=True) as sink:
         result = await send(transport, sink.route, sender="søren@brondby.test",
                             rcpts=(Rcpt("jørgen@partner.test"),), data=UTF8_MESSAGE,
                             smtputf8=True)
@@ -452,9 +454,9 @@ def spooled(tmp_path: Path, head: bytes = LARGE_HEAD, body: bytes = LARGE_BODY) 
 
 
 async def test_a_message_left_on_disk_arrives_byte_for_byte(transport: SmtpTransport,
-                                                           tmp_path: Path) -> None:
+                                                           tmp_path: Path, hop: Hop) -> None:
     data = spooled(tmp_path).with_head(b"Subject: ny\r\n\r\n")
-    async with SmtpSink() as sink:
+    async with hop() as sink:
         result = await send(transport, sink.route, data=data)
     assert codes(result) == {"lone@partner.test": OK}
     [msg] = sink.messages
@@ -463,8 +465,8 @@ async def test_a_message_left_on_disk_arrives_byte_for_byte(transport: SmtpTrans
 
 
 async def test_a_message_left_on_disk_is_converted_for_a_7bit_server(
-        transport: SmtpTransport, tmp_path: Path) -> None:
-    async with SmtpSink(eightbitmime=False) as sink:
+        transport: SmtpTransport, tmp_path: Path, hop: Hop) -> None:
+    async with hop(eightbitmime=False) as sink:
         result = await send(transport, sink.route, data=spooled(tmp_path))
     assert codes(result) == {"lone@partner.test": OK}
     [msg] = sink.messages
@@ -474,9 +476,9 @@ async def test_a_message_left_on_disk_is_converted_for_a_7bit_server(
 
 async def test_a_message_left_on_disk_goes_over_verified_tls(
         transport: SmtpTransport, trusted_ca: trustme.CA, ca_file: Path,
-        tmp_path: Path) -> None:
+        tmp_path: Path, hop: Hop) -> None:
     data = spooled(tmp_path)
-    async with SmtpSink(tls=server_tls(trusted_ca, "127.0.0.1")) as sink:
+    async with hop(tls=server_tls(trusted_ca, "127.0.0.1")) as sink:
         result = await send(transport, sink.route, verify(ca_file), data=data)
     assert codes(result) == {"lone@partner.test": OK}
     [msg] = sink.messages
@@ -484,12 +486,12 @@ async def test_a_message_left_on_disk_goes_over_verified_tls(
 
 
 async def test_a_spool_file_that_cannot_be_read_stops_the_message_not_the_hop(
-        transport: SmtpTransport, tmp_path: Path) -> None:
+        transport: SmtpTransport, tmp_path: Path, hop: Hop) -> None:
     # Our fault, not the next hop's: no "lost connection" reply that sends the message on
     # to the next MX host, and never a final dot after part of the message.
     data = spooled(tmp_path)
     os.truncate(data.path, len(LARGE_HEAD) + len(LARGE_BODY) // 2)
-    async with SmtpSink() as sink:
+    async with hop() as sink:
         with pytest.raises(SpoolReadError, match="bytes early"):
             await send(transport, sink.route, data=data)
         assert ("RCPT", False) in sink.commands and sink.messages == []
