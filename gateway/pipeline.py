@@ -250,7 +250,8 @@ class Pipeline:
             env.dlp = DlpOutcome(mode)
             return env.dlp
         # A message left in its spool file is read there by the scan's worker process.
-        result = await self.scanner.scan(data.path if isinstance(data, Spooled) else data)
+        result = await (self.scanner.scan(data.path, data.end) if isinstance(data, Spooled)
+                        else self.scanner.scan(data))
         metrics.dlp_scan_seconds.observe(result.seconds)
         env.dlp = DlpOutcome(mode, result.places,
                              tuple(f"{g.reason}: {g.name or 'the message'} ({g.detail})"

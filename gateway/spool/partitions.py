@@ -6,7 +6,8 @@ of them and, before any worker starts, moves every message of a folder no worker
 own (fewer workers than before, or the flat spool of a version without workers) into
 the folders of those that will: nothing left behind is ever orphaned. Moving is a
 rename of the body first and the state last, each folder fsynced, so a crash halfway
-leaves a message whole in one place or the other (RFC 5321 6.1: never lose a message).
+leaves a message whole in one place or the other (RFC 5321 6.1: never lose a message);
+a state left behind alone by a crash follows its message the next time.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from gateway.model import Envelope
-from gateway.spool.store import BODY, STATE, Spool, fsync_dir
+from gateway.spool.store import BODY, MESSAGE, STATE, Spool, fsync_dir, queue_ids
 
 log = logging.getLogger(__name__)
 
@@ -52,24 +53,34 @@ def rebalance(root: Path, workers: int) -> int:
             continue
         spool = Spool(folder)
         spool.prepare()  # unfinished writes (never answered 250) go first
-        states = sorted(folder.glob("*" + STATE))
-        for n, state in enumerate(states):
-            queue_id = state.name[: -len(STATE)]
+        names = set(os.listdir(folder))
+        ids = queue_ids(names)
+        for n, queue_id in enumerate(ids):
             target = partition_dir(root, (moved + n) % workers)
-            body = folder / (queue_id + BODY)
-            if body.exists():
-                os.replace(body, target / body.name)
-                fsync_dir(target)
-            os.replace(state, target / state.name)
-            fsync_dir(target)
+            if queue_id + MESSAGE not in names and queue_id + BODY not in names:
+                target = _message_home(root, workers, queue_id) or target
+            for suffix in (MESSAGE, BODY, STATE):  # the message before its state
+                name = queue_id + suffix
+                if name in names:
+                    os.replace(folder / name, target / name)
+                    fsync_dir(target)
             fsync_dir(folder)
-        moved += len(states)
+        moved += len(ids)
         if folder != root and not any(folder.iterdir()):
             folder.rmdir()
     if moved:
         log.info("spool: handed %d message(s) of earlier workers to %d worker(s)", moved,
                  workers)
     return moved
+
+
+def _message_home(root: Path, workers: int, queue_id: str) -> Path | None:
+    """The partition a message was moved to before a crash left its state behind."""
+    for i in range(workers):
+        folder = partition_dir(root, i)
+        if any((folder / (queue_id + suffix)).exists() for suffix in (MESSAGE, BODY)):
+            return folder
+    return None
 
 
 def envelopes(root: Path) -> Iterator[Envelope]:
@@ -83,7 +94,8 @@ def owner(root: Path, queue_id: str) -> tuple[int | None, Spool] | None:
     if "/" in queue_id or queue_id.startswith("."):
         return None
     for folder in partitions(root):
-        if (folder / (queue_id + STATE)).exists():
+        spool = Spool(folder)
+        if spool.holds(queue_id):
             m = _PARTITION.fullmatch(folder.name) if folder != root else None
-            return (int(m[1]) if m else None), Spool(folder)
+            return (int(m[1]) if m else None), spool
     return None

@@ -1,17 +1,26 @@
-"""The spool on disk: each message's body written once, and a small JSON state beside it.
+"""The spool on disk: one file per message, written once; a state file only once it changes.
 
-A message is durable when both files are written, fsynced, renamed into place and the
-folder is fsynced; only then does the edge answer 250 (RFC 5321 6.1). Messages that
-arrive together are committed in one round (group commit): one hop to a thread writes
-all their files, fsyncs them side by side (the file system's journal folds concurrent
-fsyncs into few commits), renames them and fsyncs the folder once. All disk work runs
-in threads so one slow write never stalls other sessions. A finished message is
-unlinked without a folder fsync, as Postfix does: after a power cut it may come back
-and be delivered twice, which RFC 5321 6.1 prefers to losing one; the unlinks of
-messages that finish together go in one hop too.
+A new message is one file, DIR/<id>.msg: the message as received, then its envelope as
+it arrived (compact JSON) and a fixed footer with both lengths and a CRC-32. It is
+written under its final name, fsynced and its folder fsynced; only then does the edge
+answer 250 (RFC 5321 6.1). No rename is needed: a file whose footer is missing, or
+does not match the file's length, was never finished (no 250 was given) and is removed
+at start; one whose CRC does not match is quarantined for a person. When a delivery
+attempt changes the state, DIR/<id>.json is written beside it (temporary file, fsync,
+rename, folder fsync) and from then on wins over the envelope in the message file.
+Spools written before this layout, DIR/<id>.eml (the message) with DIR/<id>.json, are
+read, delivered and removed the same way.
+
+One file per message matters here: every new inode costs a scan of the inode bitmap
+(on ext4 without a journal it skips every inode deleted in the last seconds), so file
+churn costs more the faster mail arrives. Messages that arrive together are committed
+in one round (group commit): one hop to a thread writes all their files, fsyncs them,
+fsyncs the folder once, and unlinks the messages finished meanwhile. A finished
+message is unlinked without a folder fsync of its own, as Postfix does: after a power
+cut it may come back and be delivered twice, which RFC 5321 6.1 prefers to losing one.
 
 A body arriving over SMTP is taken as it comes (`Incoming`): held in memory while it is
-small, streamed into its temporary file once it is not, so a large message never sits
+small, streamed into its message file once it is not, so a large message never sits
 whole in memory. Bodies of recent messages stay in a bounded cache for their first
 delivery attempt, which then needs no read from disk.
 """
@@ -25,9 +34,11 @@ import fcntl
 import json
 import logging
 import os
+import re
 import secrets
 import time
-from concurrent.futures import ThreadPoolExecutor
+import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,15 +48,17 @@ from gateway.spool.body import MessageData, open_spooled
 
 log = logging.getLogger(__name__)
 
-BODY = ".eml"
-STATE = ".json"
+MESSAGE = ".msg"  # the message, its envelope as it arrived, the footer
+STATE = ".json"  # the envelope once a delivery attempt changed it
+BODY = ".eml"  # the message, in spools written before MESSAGE files (always with a STATE)
 TMP = ".tmp"
 LOCK = ".lock"
 QUARANTINE = "quarantine"
 STREAM_AT = 1 << 20  # bytes of a new body held in memory before it goes to its file
 HEAD = 65536  # bytes of a new body kept for reading its header fields
 CACHE_BYTES = 32 << 20  # bodies of recent messages kept for their first attempt
-_FSYNCS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="spool-fsync")
+MAGIC = b"send-sikkert-spool-1"
+_FOOTER = re.compile(rb"\n" + re.escape(MAGIC) + rb" ([0-9a-f]{16}) ([0-9a-f]{8}) ([0-9a-f]{8})\n")
 
 
 class SpoolError(Exception):
@@ -66,6 +79,44 @@ class SpoolBusy(Exception):
 def new_id() -> str:
     """A queue id that sorts by arrival time and never repeats."""
     return f"{time.time_ns() // 1000:014X}{secrets.token_hex(3).upper()}"
+
+
+def footer(size: int, envelope: int, crc: int) -> bytes:
+    """The last bytes of a message file: the message's and the envelope's lengths, and the
+    CRC-32 of both; written last, so a file without it was never finished."""
+    return b"\n%s %016x %08x %08x\n" % (MAGIC, size, envelope, crc)
+
+
+FOOTER_SIZE = len(footer(0, 0, 0))
+
+
+@dataclass(frozen=True)
+class Footer:
+    size: int  # bytes of the message, from the start of the file
+    envelope: int  # bytes of the envelope after it
+    crc: int
+
+
+def read_footer(fd: int) -> Footer | None:
+    """The footer of the open message file `fd`; None when the file was never finished."""
+    length = os.fstat(fd).st_size
+    if length < FOOTER_SIZE:
+        return None
+    m = _FOOTER.fullmatch(os.pread(fd, FOOTER_SIZE, length - FOOTER_SIZE))
+    if m is None:
+        return None
+    found = Footer(int(m[1], 16), int(m[2], 16), int(m[3], 16))
+    return found if found.size + found.envelope + FOOTER_SIZE == length else None
+
+
+def queue_ids(names: Iterable[str]) -> list[str]:
+    """The messages among a folder's file names, oldest first (ids sort by arrival)."""
+    ids = set()
+    for name in names:
+        for suffix in (MESSAGE, STATE):
+            if name.endswith(suffix):
+                ids.add(name[: -len(suffix)])
+    return sorted(ids)
 
 
 class GroupSync:
@@ -102,95 +153,105 @@ class GroupSync:
 class _Write:
     """One new message waiting for the next commit round.
 
-    `body_fd` is the open temporary file of a body streamed so far (-1: none yet);
-    `data` is what is still to be written to it.
+    `fd` is the open message file of a body streamed so far (-1: none yet), `crc` the
+    CRC-32 of what was written to it; `data` is the rest of the message, `size` all of it.
     """
 
     queue_id: str
     data: bytes
-    state: bytes
+    envelope: bytes
+    size: int
     done: asyncio.Future[None]
-    body_fd: int = -1
+    fd: int = -1
+    crc: int = 0
 
 
 class GroupCommit:
-    """Writes every new message that arrives while the previous round runs in one round."""
+    """One thread hop per round: writes every new message that arrived while the previous
+    round ran, and unlinks the files of every message finished meanwhile."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._pending: list[_Write] = []
+        self._writes: list[_Write] = []
+        self._unlinks: list[Path] = []
+        self._unlinked: asyncio.Future[None] | None = None
         self._running: asyncio.Task[None] | None = None
 
-    async def put(self, queue_id: str, data: bytes, state: bytes, body_fd: int = -1) -> None:
-        loop = asyncio.get_running_loop()
-        write = _Write(queue_id, data, state, loop.create_future(), body_fd)
-        self._pending.append(write)
-        if self._running is None:
-            self._running = loop.create_task(self._rounds())
+    async def put(self, write: _Write) -> None:
+        self._writes.append(write)
+        self._start()
         await write.done
+
+    async def unlink(self, paths: list[Path]) -> None:
+        self._unlinks += paths
+        if self._unlinked is None:
+            self._unlinked = asyncio.get_running_loop().create_future()
+        waiter = self._unlinked
+        self._start()
+        await waiter
+
+    def _start(self) -> None:
+        if self._running is None:
+            self._running = asyncio.get_running_loop().create_task(self._rounds())
 
     async def _rounds(self) -> None:
         try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                try:
-                    failures = await asyncio.to_thread(_commit, self.path, batch)
-                except OSError as e:  # the folder fsync: nothing in the round is durable
-                    failures = [e] * len(batch)
-                for write, failure in zip(batch, failures, strict=True):
+            while self._writes or self._unlinks:
+                writes, self._writes = self._writes, []
+                unlinks, self._unlinks = self._unlinks, []
+                unlinked, self._unlinked = self._unlinked, None
+                failures, unlink_error = await asyncio.to_thread(
+                    _commit, self.path, writes, unlinks)
+                for write, failure in zip(writes, failures, strict=True):
                     if failure is None:
                         write.done.set_result(None)
                     else:
                         write.done.set_exception(failure)
+                if unlinked is not None:
+                    if unlink_error is None:
+                        unlinked.set_result(None)
+                    else:
+                        unlinked.set_exception(unlink_error)
         finally:
             self._running = None
 
 
-def _commit(folder: Path, batch: list[_Write]) -> list[OSError | None]:
-    """Write, fsync, rename, fsync the folder; a failure per message (None: durable)."""
-    failures: list[OSError | None] = [None] * len(batch)
-    files: list[tuple[int, Path, Path, int]] = []  # message index, temporary, final, fd
-    for i, write in enumerate(batch):
-        # The body goes first: a state file always has its body.
-        for name, data in ((write.queue_id + BODY, write.data),
-                           (write.queue_id + STATE, write.state)):
-            tmp = folder / (name + TMP)
-            if name.endswith(BODY) and write.body_fd >= 0:
-                fd = write.body_fd  # streamed: the file is open, its start written
-            else:
-                try:
-                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-                except OSError as e:
-                    failures[i] = e
-                    break
-            files.append((i, tmp, folder / name, fd))
-            try:
-                _write_all(fd, data)
-            except OSError as e:
-                failures[i] = e
-                break
+def _commit(folder: Path, writes: list[_Write],
+            unlinks: list[Path]) -> tuple[list[OSError | None], OSError | None]:
+    """Unlink, then write and fsync each new message file and fsync the folder once.
 
-    def sync(entry: tuple[int, Path, Path, int]) -> OSError | None:
+    Returns a failure per message (None: durable) and the first failed unlink.
+    """
+    unlink_error = None
+    for path in unlinks:
         try:
-            os.fsync(entry[3])
+            path.unlink(missing_ok=True)
         except OSError as e:
-            return e
-        return None
-
-    for entry, error in zip(files, _FSYNCS.map(sync, files), strict=True):
-        os.close(entry[3])
-        if error is not None and failures[entry[0]] is None:
-            failures[entry[0]] = error
-    for i, tmp, final, _ in files:
-        if failures[i] is None:
-            try:
-                os.replace(tmp, final)
-            except OSError as e:
-                failures[i] = e
+            unlink_error = unlink_error or e
+    if not writes:
+        return [], unlink_error
+    failures: list[OSError | None] = [None] * len(writes)
+    for i, write in enumerate(writes):
+        path = folder / (write.queue_id + MESSAGE)
+        fd = write.fd
+        try:
+            if fd < 0:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+            crc = zlib.crc32(write.envelope, zlib.crc32(write.data, write.crc))
+            _write_all(fd, b"".join((write.data, write.envelope,
+                                     footer(write.size, len(write.envelope), crc))))
+            os.fsync(fd)
+        except OSError as e:
+            failures[i] = e
+        if fd >= 0:
+            os.close(fd)
         if failures[i] is not None:
-            tmp.unlink(missing_ok=True)
-    fsync_dir(folder)
-    return failures
+            path.unlink(missing_ok=True)  # a full disk leaves nothing half-written behind
+    try:
+        fsync_dir(folder)
+    except OSError as e:  # nothing in the round is durable
+        failures = [e] * len(writes)
+    return failures, unlink_error
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -226,9 +287,10 @@ class Incoming:
     """The body of a message being received, taken as it arrives (`Spool.incoming`).
 
     Small bodies stay in memory and are written by the commit round; from STREAM_AT on,
-    what has come is appended to the body's temporary file in a thread. A failed write
-    is kept (`error`) and the rest of the body dropped, so the client can still be read
-    to its end and told; `Spool.commit` raises it, `discard` removes what was written.
+    what has come is appended to the message file in a thread (it has no footer until
+    the commit round writes the envelope after it). A failed write is kept (`error`) and
+    the rest of the body dropped, so the client can still be read to its end and told;
+    `Spool.commit` raises it, `discard` removes what was written.
     """
 
     def __init__(self, folder: Path, queue_id: str) -> None:
@@ -236,10 +298,11 @@ class Incoming:
         self.size = 0
         self.head = b""  # the first HEAD bytes: the header fields
         self.error: OSError | None = None
-        self._tmp = folder / (queue_id + BODY + TMP)
+        self._path = folder / (queue_id + MESSAGE)
         self._parts: list[bytes] = []
         self._held = 0
         self._fd = -1
+        self._crc = 0  # of what was appended to the file
         self._appending: asyncio.Future[None] | None = None
 
     @property
@@ -266,20 +329,22 @@ class Incoming:
 
     def _append(self, parts: list[bytes]) -> None:
         if self._fd < 0:
-            self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+            self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
         for part in parts:
             _write_all(self._fd, part)
+            self._crc = zlib.crc32(part, self._crc)
 
-    def take(self) -> tuple[bytes, int]:
-        """What is held in memory and the open file (-1: none), for the commit round."""
+    def take(self) -> tuple[bytes, int, int]:
+        """What is held in memory, the open file (-1: none) and the CRC-32 of what is in
+        it, for the commit round."""
         data = b"".join(self._parts)
         self._parts, self._held = [], 0
         fd, self._fd = self._fd, -1
-        return data, fd
+        return data, fd, self._crc
 
     def discard(self) -> None:
-        """Forget the body (no 250 will be given): close and remove its temporary file,
-        once a write still running in its thread has finished."""
+        """Forget the body (no 250 will be given): close and remove its file, once a write
+        still running in its thread has finished."""
         self._parts, self._held = [], 0
         if self._appending is not None and not self._appending.done():
             self._appending.add_done_callback(self._remove_after)
@@ -296,7 +361,7 @@ class Incoming:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = -1
-            self._tmp.unlink(missing_ok=True)
+            self._path.unlink(missing_ok=True)
 
 
 class BodyCache:
@@ -325,53 +390,14 @@ class BodyCache:
             self._bytes -= len(data)
 
 
-class GroupRemove:
-    """Unlinks the files of every message finished while the previous round ran, in one hop."""
-
-    def __init__(self) -> None:
-        self._pending: list[Path] = []
-        self._next: asyncio.Future[None] | None = None
-        self._running: asyncio.Task[None] | None = None
-
-    async def remove(self, paths: list[Path]) -> None:
-        loop = asyncio.get_running_loop()
-        self._pending += paths
-        if self._next is None:
-            self._next = loop.create_future()
-        waiter = self._next
-        if self._running is None:
-            self._running = loop.create_task(self._rounds())
-        await waiter
-
-    async def _rounds(self) -> None:
-        try:
-            while self._pending:
-                paths, self._pending = self._pending, []
-                batch, self._next = self._next, None
-                assert batch is not None
-                try:
-                    await asyncio.to_thread(_unlink_all, paths)
-                except OSError as e:
-                    batch.set_exception(e)
-                else:
-                    batch.set_result(None)
-        finally:
-            self._running = None
-
-
-def _unlink_all(paths: list[Path]) -> None:
-    for path in paths:
-        path.unlink(missing_ok=True)
-
-
 class Spool:
-    """The message store. Paths: DIR/<id>.eml (body) and DIR/<id>.json (envelope, state)."""
+    """The message store: DIR/<id>.msg (message and envelope), DIR/<id>.json (the state
+    once it changed); DIR/<id>.eml with DIR/<id>.json from older versions."""
 
     def __init__(self, directory: Path) -> None:
         self.dir = directory
         self._sync = GroupSync(directory)
         self._commit = GroupCommit(directory)
-        self._remove = GroupRemove()
         self._recent = BodyCache()
         self._lock_fd: int | None = None
 
@@ -396,14 +422,28 @@ class Spool:
         return self._lock_fd
 
     def prepare(self) -> None:
-        """Create the folder and clear writes that never finished (no 250 was given)."""
+        """Create the folder and clear writes that never finished (no 250 was given).
+
+        A message file without a state is checked whole: without its footer it was never
+        finished and goes; with a footer but the wrong CRC it is quarantined.
+        """
         self.dir.mkdir(parents=True, exist_ok=True)
-        for path in self.dir.iterdir():
-            if path.name.endswith(TMP):
+        names = set(os.listdir(self.dir))
+        for name in sorted(names):
+            path = self.dir / name
+            stem, suffix = os.path.splitext(name)
+            if name.endswith(TMP):
                 path.unlink(missing_ok=True)
-            elif path.suffix == BODY and not path.with_suffix(STATE).exists():
-                log.warning("removing %s: its envelope was never written", path.name)
+            elif suffix == BODY and stem + STATE not in names:
+                log.warning("removing %s: its envelope was never written", name)
                 path.unlink(missing_ok=True)
+            elif suffix == MESSAGE and stem + STATE not in names:
+                problem = _check(path)
+                if problem == "unfinished":
+                    log.warning("removing %s: it was never finished", name)
+                    path.unlink(missing_ok=True)
+                elif problem:
+                    self._quarantine(stem, ValueError(problem))
 
     def writable(self) -> bool:
         return os.access(self.dir, os.W_OK | os.X_OK)
@@ -414,7 +454,7 @@ class Spool:
 
     async def put(self, envelope: Envelope, data: bytes) -> None:
         """Make a new message durable; SpoolError when it could not be."""
-        await self._put(envelope, data, -1)
+        await self._put(envelope, data, len(data))
 
     async def commit(self, envelope: Envelope, body: Incoming) -> None:
         """Make a message whose body was received as `body` durable; SpoolError if not."""
@@ -423,31 +463,26 @@ class Spool:
             raise SpoolError(f"cannot write {envelope.id}: {body.error}",
                              full=_full(body.error))
         streamed = body.streamed
-        data, fd = body.take()
-        await self._put(envelope, data, fd, cache=not streamed)
+        data, fd, crc = body.take()
+        await self._put(envelope, data, body.size, fd, crc, cache=not streamed)
 
-    async def _put(self, envelope: Envelope, data: bytes, body_fd: int,
-                   cache: bool = True) -> None:
+    async def _put(self, envelope: Envelope, data: bytes, size: int, fd: int = -1,
+                   crc: int = 0, cache: bool = True) -> None:
         started = time.perf_counter()
-        state = _encode(envelope)
+        write = _Write(envelope.id, data, _encode(envelope), size,
+                       asyncio.get_running_loop().create_future(), fd, crc)
         try:
-            await self._commit.put(envelope.id, data, state, body_fd)
-        except (OSError, SpoolError) as e:
+            await self._commit.put(write)
+        except OSError as e:
             # No 250 will be given: take the message back out, the client sends it again.
-            await asyncio.to_thread(self._discard, envelope.id)
-            full = isinstance(e, OSError) and _full(e)
-            raise SpoolError(f"cannot write {envelope.id}: {e}", full=full) from e
+            await asyncio.to_thread((self.dir / (envelope.id + MESSAGE)).unlink, missing_ok=True)
+            raise SpoolError(f"cannot write {envelope.id}: {e}", full=_full(e)) from e
         if cache:
             self._recent.add(envelope.id, data)
         metrics.spool_write_seconds.observe(time.perf_counter() - started)
 
-    def _discard(self, queue_id: str) -> None:
-        for suffix in (STATE, BODY):
-            with contextlib.suppress(OSError):
-                (self.dir / (queue_id + suffix)).unlink(missing_ok=True)
-
     async def update(self, envelope: Envelope) -> None:
-        """Replace a message's state atomically (the body is never rewritten)."""
+        """Replace a message's state atomically (the message is never rewritten)."""
         path = self.dir / (envelope.id + STATE)
         await asyncio.to_thread(_write_durable, path, _encode(envelope))
         await self._sync.sync()
@@ -455,17 +490,23 @@ class Spool:
     async def remove(self, queue_id: str) -> None:
         """Forget a finished message: state first, so a crash never leaves a bodiless state.
 
-        No folder fsync (see the module's docstring): the journal keeps the two unlinks
-        in order, and at worst the message is delivered again.
+        No folder fsync (see the module's docstring): at worst the message is delivered
+        again.
         """
         self._recent.drop(queue_id)
-        await self._remove.remove([self.dir / (queue_id + STATE), self.dir / (queue_id + BODY)])
+        await self._commit.unlink([self.dir / (queue_id + suffix)
+                                   for suffix in (STATE, MESSAGE, BODY)])
 
     async def body(self, queue_id: str) -> bytes:
         cached = self._recent.get(queue_id)
         if cached is not None:
             return cached
-        return await asyncio.to_thread((self.dir / (queue_id + BODY)).read_bytes)
+        return await asyncio.to_thread(self._read, queue_id)
+
+    def _read(self, queue_id: str) -> bytes:
+        path, size = self._locate(queue_id)
+        with open(path, "rb") as f:
+            return f.read(size)
 
     async def message(self, queue_id: str) -> MessageData:
         """The message for a delivery attempt: in memory, or from STREAM_AT bytes on its
@@ -473,52 +514,123 @@ class Spool:
         cached = self._recent.get(queue_id)
         if cached is not None:
             return cached
-        return await asyncio.to_thread(self._message, self.dir / (queue_id + BODY))
+        return await asyncio.to_thread(self._message, queue_id)
 
-    @staticmethod
-    def _message(path: Path) -> MessageData:
-        if path.stat().st_size < STREAM_AT:
-            return path.read_bytes()
-        return open_spooled(path) or path.read_bytes()
+    def _message(self, queue_id: str) -> MessageData:
+        path, size = self._locate(queue_id)
+        if size >= STREAM_AT:
+            spooled = open_spooled(path, size)
+            if spooled is not None:
+                return spooled
+        with open(path, "rb") as f:
+            return f.read(size)
+
+    def _locate(self, queue_id: str) -> tuple[Path, int]:
+        """The file holding a message and how many bytes of it from its start are the
+        message; OSError when there is none."""
+        path = self.dir / (queue_id + MESSAGE)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            old = self.dir / (queue_id + BODY)
+            return old, old.stat().st_size
+        try:
+            found = read_footer(fd)
+        finally:
+            os.close(fd)
+        if found is None:
+            raise OSError(errno.EIO, "the message file was never finished", str(path))
+        return path, found.size
+
+    def holds(self, queue_id: str) -> bool:
+        """Whether a message with this id is in this folder."""
+        return not ("/" in queue_id or queue_id.startswith(".")) and any(
+            (self.dir / (queue_id + suffix)).exists() for suffix in (STATE, MESSAGE))
 
     def read(self, queue_id: str) -> Envelope | None:
         """One message's envelope, read straight from disk (for the queue commands)."""
-        path = self.dir / (queue_id + STATE)
-        if "/" in queue_id or not path.exists():
+        if "/" in queue_id or queue_id.startswith("."):
             return None
-        return _decode(path)
+        try:
+            return _decode((self.dir / (queue_id + STATE)).read_bytes())
+        except FileNotFoundError:
+            pass
+        try:
+            return _embedded(self.dir / (queue_id + MESSAGE))
+        except FileNotFoundError:
+            return None
 
     def load_all(self) -> list[Envelope]:
         """Every spooled message, oldest first.
 
-        A record that cannot be read is moved with its body to DIR/quarantine/ for a
-        person to look at, and logged; the rest of the queue goes on.
+        A record that cannot be read is moved with its message to DIR/quarantine/ for a
+        person to look at, and logged; the rest of the queue goes on. A message file
+        still being written (no footer yet) is not a message yet and is passed over.
         """
         envelopes = []
-        for path in sorted(self.dir.glob("*" + STATE)):
+        names = set(os.listdir(self.dir))
+        for queue_id in queue_ids(names):
             try:
-                if not path.with_suffix(BODY).exists():
-                    raise ValueError("its message body is missing")
-                envelopes.append(_decode(path))
+                if queue_id + STATE in names:
+                    if queue_id + MESSAGE not in names and queue_id + BODY not in names:
+                        raise ValueError("its message body is missing")
+                    envelope = _decode((self.dir / (queue_id + STATE)).read_bytes())
+                else:
+                    found = _embedded(self.dir / (queue_id + MESSAGE))
+                    if found is None:
+                        continue
+                    envelope = found
+                if envelope.id != queue_id:
+                    raise ValueError(f"it holds the envelope of {envelope.id}")
+                envelopes.append(envelope)
+            except FileNotFoundError:
+                continue  # finished and removed while the folder was read
             except (OSError, ValueError, TypeError, KeyError) as e:
-                self._quarantine(path, e)
+                self._quarantine(queue_id, e)
         return envelopes
 
-    def _quarantine(self, path: Path, error: Exception) -> None:
+    def _quarantine(self, queue_id: str, error: Exception) -> None:
         folder = self.dir / QUARANTINE
         try:
             folder.mkdir(exist_ok=True)
-            for part in (path.with_suffix(BODY), path):
+            for suffix in (MESSAGE, BODY, STATE):
+                part = self.dir / (queue_id + suffix)
                 if part.exists():
                     os.replace(part, folder / part.name)
             fsync_dir(folder)
             fsync_dir(self.dir)
         except OSError as e:
             log.error("cannot read spool record %s (%s), nor move it to %s: %s; left in "
-                      "place", path.name, error, folder, e)
+                      "place", queue_id, error, folder, e)
             return
-        log.error("cannot read spool record %s: %s; moved with its body to %s", path.name,
+        log.error("cannot read spool record %s: %s; moved with its message to %s", queue_id,
                   error, folder)
+
+
+def _check(path: Path) -> str:
+    """What is wrong with a message file: "" nothing, "unfinished" (no footer, or one
+    that does not fit its length: no 250 was given) or why it is corrupt."""
+    with open(path, "rb") as f:
+        found = read_footer(f.fileno())
+        if found is None:
+            return "unfinished"
+        crc, left = 0, found.size + found.envelope
+        while left > 0:
+            chunk = f.read(min(left, 1 << 20))
+            if not chunk:
+                return "unfinished"
+            crc = zlib.crc32(chunk, crc)
+            left -= len(chunk)
+    return "" if crc == found.crc else "its CRC-32 does not match its contents"
+
+
+def _embedded(path: Path) -> Envelope | None:
+    """The envelope written with the message; None when the file was never finished."""
+    with open(path, "rb") as f:
+        found = read_footer(f.fileno())
+        if found is None:
+            return None
+        return _decode(os.pread(f.fileno(), found.envelope, found.size))
 
 
 def _full(error: OSError) -> bool:
@@ -532,5 +644,5 @@ def _encode(envelope: Envelope) -> bytes:
                       separators=(",", ":")).encode("utf-8")
 
 
-def _decode(path: Path) -> Envelope:
-    return Envelope.from_json(json.loads(path.read_bytes()))
+def _decode(data: bytes) -> Envelope:
+    return Envelope.from_json(json.loads(data))

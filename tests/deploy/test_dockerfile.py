@@ -128,7 +128,7 @@ async def test_the_container_s_commands_run_and_stop_cleanly_keeping_the_queue(
                 gateway.kill()
                 gateway.wait()
         assert health_check(config.http_port) != 0  # stopped: the check fails
-        assert len(list(config.spool.glob("w[0-9]*/*.json"))) == 1  # the deferred message kept
+        assert len(list(config.spool.glob("w[0-9]*/*.msg"))) == 1  # the deferred message kept
 
         next_hop.refuse.clear()  # the container starts again on the same volume
         again = container(config)

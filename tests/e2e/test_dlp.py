@@ -173,10 +173,12 @@ trust_anchors = ["{config.certs / 'trust'}/*.pem"]
 """
     gateway = start(config, daemons, "secure")
     queue_id = gateway.send("lela@brondby.dk", [SMIME], care_mail([SMIME]))
-    [record] = [p for p in gateway.spooled() if p.name == f"{queue_id}.json"]
+    [message] = [p for p in gateway.spooled() if p.name == f"{queue_id}.msg"]
+    record = message.with_suffix(".json")  # written once an attempt changed the state
 
     def state() -> dict:
-        return json.loads(record.read_text())
+        return json.loads(record.read_text()) if record.exists() else {
+            "recipients": [{"attempts": 0}]}
 
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and state()["recipients"][0]["attempts"] < 2:

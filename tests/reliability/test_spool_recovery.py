@@ -1,10 +1,13 @@
 """A spool record that cannot be read at start is quarantined and logged; the rest of the
-queue is delivered."""
+queue is delivered. A spool written by an older version (two files per message) is
+delivered by this one."""
 
 from __future__ import annotations
 
 import json
 
+from gateway.model import Envelope, RecipientState
+from gateway.spool.store import Spool, new_id
 from tests.support.daemon import Daemon, GatewayConfig
 
 MESSAGE = b"From: a@brondby.dk\r\nTo: b@brondby.dk\r\nSubject: s %d\r\n\r\nbody\r\n"
@@ -15,14 +18,19 @@ def test_corrupt_records_are_quarantined(config: GatewayConfig, daemons, outcome
     gateway = Daemon(config)
     daemons.append(gateway)
     gateway.start()
-    ids = [gateway.send("a@brondby.dk", ["b@brondby.dk"], MESSAGE % i) for i in range(4)]
+    ids = [gateway.send("a@brondby.dk", ["b@brondby.dk"], MESSAGE % i) for i in range(5)]
     gateway.stop()
     spool = config.spool / "w0"  # the one worker's part of the spool
+    records = {i: Spool(spool).read(i).to_json() for i in ids}
     (spool / f"{ids[0]}.json").write_bytes(b'{"version": 1, "id": ')  # torn JSON
-    record = json.loads((spool / f"{ids[1]}.json").read_bytes())
-    record["version"] = 99
-    (spool / f"{ids[1]}.json").write_text(json.dumps(record))  # from a future version
-    (spool / f"{ids[2]}.eml").unlink()  # a record without its body
+    records[ids[1]]["version"] = 99
+    (spool / f"{ids[1]}.json").write_text(json.dumps(records[ids[1]]))  # a future version
+    (spool / f"{ids[2]}.json").write_text(json.dumps(records[ids[2]]))
+    (spool / f"{ids[2]}.msg").unlink()  # a record without its message
+    (spool / f"{ids[4]}.json").unlink(missing_ok=True)  # only the message file, and in it
+    rotten = bytearray((spool / f"{ids[4]}.msg").read_bytes())
+    rotten[5] ^= 0x01  # one bit flipped on the disk
+    (spool / f"{ids[4]}.msg").write_bytes(bytes(rotten))
     config.internal_route = ""  # the outbox
     gateway.start()
     [out] = gateway.wait_outbox(1)
@@ -32,6 +40,37 @@ def test_corrupt_records_are_quarantined(config: GatewayConfig, daemons, outcome
     outcome(f"delivered {out.name.split('.')[0] == ids[3]} (the sound one); quarantined "
             f"{quarantined}; {len(logged)} log lines")
     assert out.name.startswith(ids[3])
-    assert quarantined == sorted([f"{ids[0]}.eml", f"{ids[0]}.json", f"{ids[1]}.eml",
-                                  f"{ids[1]}.json", f"{ids[2]}.json"])
-    assert len(logged) == 3 and all(i in "\n".join(logged) for i in ids[:3])
+    assert quarantined == sorted([f"{ids[0]}.msg", f"{ids[0]}.json", f"{ids[1]}.msg",
+                                  f"{ids[1]}.json", f"{ids[2]}.json", f"{ids[4]}.msg"])
+    assert len(logged) == 4 and all(i in "\n".join(logged) for i in ids[:3] + ids[4:])
+
+
+def test_a_spool_of_the_two_file_layout_is_delivered(config: GatewayConfig, daemons,
+                                                     outcome):
+    """An upgrade loses no queued mail: the body and state files an older version left, in
+    the flat spool, a worker's folder and the folder of a worker no longer started."""
+    config.spool.mkdir(parents=True)
+    large = b"".join(b"linje %d\r\n" % i for i in range(150_000))  # > 1 MiB: read in pieces
+    queued = {}
+    for n, folder in enumerate([config.spool, config.spool / "w0", config.spool / "w0",
+                                config.spool / "w3"]):
+        folder.mkdir(exist_ok=True)
+        env = Envelope(id=new_id(), sender="a@brondby.dk",
+                       recipients=[RecipientState("b@brondby.dk")], received=1.0)
+        data = MESSAGE % n + (large if n == 2 else b"")
+        (folder / f"{env.id}.eml").write_bytes(data)
+        (folder / f"{env.id}.json").write_text(json.dumps(env.to_json()))
+        queued[env.id] = data
+    gateway = Daemon(config)
+    daemons.append(gateway)
+    gateway.start()
+    delivered = {out.name.split(".")[0]: out.read_bytes()
+                 for out in gateway.wait_outbox(len(queued))}
+    gateway.wait_queue_empty()
+    left = sorted(p.relative_to(config.spool).as_posix() for p in config.spool.rglob("*")
+                  if p.suffix in (".eml", ".json", ".msg", ".tmp"))
+    outcome(f"{len(queued)} messages of the two-file layout: {len(delivered)} delivered, "
+            f"left in the spool: {left}")
+    assert delivered.keys() == queued.keys()
+    assert all(delivered[i].endswith(data) for i, data in queued.items())
+    assert left == []

@@ -96,4 +96,4 @@ node = "node{i}"
 
     def queued(self, index: int) -> int:
         """Messages in one node's spool right now."""
-        return len(list(self.nodes[index].config.spool.glob("w[0-9]*/*.json")))
+        return len(list(self.nodes[index].config.spool.glob("w[0-9]*/*.msg")))

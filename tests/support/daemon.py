@@ -415,9 +415,11 @@ class Daemon:
                              f"{self.logs()[-4000:]}")
 
     def spooled(self) -> list[Path]:
-        """The state files of every queued message, in every worker's part of the spool."""
+        """The message file of every queued message, in every worker's part of the spool
+        (.eml: of the two-file layout of older versions)."""
         spool = self.config.spool
-        return sorted([*spool.glob("*.json"), *spool.glob("w[0-9]*/*.json")])
+        return sorted(path for pattern in ("*.msg", "*.eml")
+                      for path in [*spool.glob(pattern), *spool.glob(f"w[0-9]*/{pattern}")])
 
     def wait_queue_empty(self, timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout

@@ -72,9 +72,11 @@ def scan_message(data: bytes, limits: Limits | None = None) -> ScanResult:
     return ScanResult(tuple(findings), tuple(extraction.gaps), time.perf_counter() - started)
 
 
-def scan_file(path: Path, limits: Limits | None = None) -> ScanResult:
-    """`scan_message` of the message in a file (in the worker process that reads it)."""
-    return scan_message(path.read_bytes(), limits)
+def scan_file(path: Path, limits: Limits | None = None, size: int = -1) -> ScanResult:
+    """`scan_message` of the message in a file, its first `size` bytes (-1: all), in the
+    worker process that reads it (a spool file holds its envelope after the message)."""
+    with open(path, "rb") as f:
+        return scan_message(f.read(size), limits)
 
 
 def limits_from(config: DlpConfig) -> Limits:
@@ -106,15 +108,18 @@ class Scanner:
         self.inline_max = inline_max
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
 
-    async def scan(self, data: bytes | Path) -> ScanResult:
-        """The scan of a message in memory, or of the one in the file at `data`."""
+    async def scan(self, data: bytes | Path, size: int = -1) -> ScanResult:
+        """The scan of a message in memory, or of the one in the first `size` bytes (-1:
+        all) of the file at `data`."""
         if isinstance(data, bytes) and len(data) <= self.inline_max:
             return await asyncio.to_thread(scan_message, data, self.limits)
         pool = self._worker_pool()
-        scan = scan_message if isinstance(data, bytes) else scan_file
         try:
+            if isinstance(data, bytes):
+                return await asyncio.get_running_loop().run_in_executor(
+                    pool, scan_message, data, self.limits)
             return await asyncio.get_running_loop().run_in_executor(
-                pool, scan, data, self.limits)
+                pool, scan_file, data, self.limits, size)
         except BrokenProcessPool as e:
             # A worker that died (killed, out of memory) takes the pool with it: start anew.
             log.error("the DLP scan worker died: %s", e)

@@ -76,7 +76,7 @@ async def test_a_durable_message_is_answered_250_when_its_log_line_fails(listen,
     port = await listen(spool, accepted, (UnnamableDepartment(),))
     assert await asyncio.to_thread(send, port, TAGGED) == OK
     [queued] = accepted  # handed on for delivery, not left to the next restart
-    assert (tmp_path / "spool" / f"{queued.id}.json").exists()
+    assert (tmp_path / "spool" / f"{queued.id}.msg").exists()
 
 
 async def test_a_hook_that_fails_before_its_commit_leaves_no_file(listen, tmp_path: Path):
@@ -87,4 +87,4 @@ async def test_a_hook_that_fails_before_its_commit_leaves_no_file(listen, tmp_pa
     large = TAGGED + (b"y" * 998 + b"\r\n") * 3000  # 3 MB: streamed to a file on disk
     assert await asyncio.to_thread(send, port, large) != OK
     assert accepted == []
-    assert list((tmp_path / "spool").rglob("*.tmp")) == []
+    assert list((tmp_path / "spool").iterdir()) == []

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 
 from gateway.model import Envelope, RecipientState, State
-from gateway.spool.store import STREAM_AT, Spool, new_id
+from gateway.spool.body import Spooled, whole
+from gateway.spool.store import FOOTER_SIZE, STREAM_AT, Spool, new_id
 
 
 def envelope(n: int = 1) -> Envelope:
@@ -50,13 +52,99 @@ async def test_update_and_remove(tmp_path):
 
 
 def test_prepare_drops_unfinished_writes(tmp_path):
-    (tmp_path / "A.eml.tmp").write_bytes(b"x")
+    (tmp_path / "A.json.tmp").write_bytes(b"x")
     (tmp_path / "B.eml").write_bytes(b"no state: never answered 250")
     (tmp_path / "C.json").write_text("{not json")
+    (tmp_path / "D.msg").write_bytes(b"Subject: x\r\n\r\nstreamed, no envelope yet")
     spool = Spool(tmp_path)
     spool.prepare()
     assert sorted(os.listdir(tmp_path)) == ["C.json"]
     assert spool.load_all() == []  # the unreadable record is logged and left for a person
+    assert sorted(os.listdir(tmp_path / "quarantine")) == ["C.json"]
+
+
+async def test_a_message_file_cut_short_is_dropped_at_start(tmp_path):
+    # A crash while the commit round wrote it: the footer's lengths do not fit the file.
+    spool = Spool(tmp_path)
+    spool.prepare()
+    env = envelope()
+    await spool.put(env, b"Subject: x\r\n\r\nbody\r\n")
+    path = tmp_path / f"{env.id}.msg"
+    data = path.read_bytes()
+    path.write_bytes(data[:10] + data[-FOOTER_SIZE:])
+    assert spool.load_all() == []  # still being written, as far as anyone can tell
+    Spool(tmp_path).prepare()
+    assert os.listdir(tmp_path) == []
+
+
+async def test_a_message_file_whose_crc_does_not_match_is_quarantined(tmp_path):
+    spool = Spool(tmp_path)
+    spool.prepare()
+    sound, rotten = envelope(), envelope()
+    for env in (sound, rotten):
+        await spool.put(env, b"Subject: x\r\n\r\nbody\r\n")
+    path = tmp_path / f"{rotten.id}.msg"
+    data = bytearray(path.read_bytes())
+    data[3] ^= 0x20  # one bit flipped on the disk
+    path.write_bytes(bytes(data))
+    fresh = Spool(tmp_path)
+    fresh.prepare()
+    assert [e.id for e in fresh.load_all()] == [sound.id]
+    assert os.listdir(tmp_path / "quarantine") == [f"{rotten.id}.msg"]
+
+
+async def test_a_message_file_holding_another_envelope_is_quarantined(tmp_path):
+    spool = Spool(tmp_path)
+    spool.prepare()
+    env = envelope()
+    await spool.put(env, b"x\r\n")
+    os.rename(tmp_path / f"{env.id}.msg", tmp_path / "0661937434AAAA000000.msg")
+    assert spool.load_all() == []
+    assert os.listdir(tmp_path / "quarantine") == ["0661937434AAAA000000.msg"]
+
+
+async def test_one_file_per_message_until_its_state_changes(tmp_path):
+    spool = Spool(tmp_path)
+    spool.prepare()
+    env = envelope()
+    data = b"Subject: x\r\n\r\nbody\r\n"
+    await spool.put(env, data)
+    assert os.listdir(tmp_path) == [f"{env.id}.msg"]
+    assert (tmp_path / f"{env.id}.msg").read_bytes().startswith(data)  # the message first
+    env.recipients[0].state, env.recipients[0].attempts = State.DEFERRED, 1
+    await spool.update(env)
+    assert sorted(os.listdir(tmp_path)) == [f"{env.id}.json", f"{env.id}.msg"]
+    for fresh in (Spool(tmp_path), Spool(tmp_path)):  # the state wins over the arrival
+        fresh.prepare()
+        assert [e.recipients[0].attempts for e in fresh.load_all()] == [1]
+        assert fresh.read(env.id).recipients[0].state == State.DEFERRED
+        assert await fresh.body(env.id) == data and await fresh.message(env.id) == data
+    await spool.remove(env.id)
+    assert os.listdir(tmp_path) == []
+
+
+async def test_a_spool_of_the_two_file_layout_is_read_updated_and_removed(tmp_path):
+    # What versions before the message files left behind: DIR/<id>.eml with DIR/<id>.json.
+    small, large = envelope(), envelope(2)
+    bodies = {small.id: b"Subject: lille\r\n\r\nkort\r\n",
+              large.id: b"Subject: stor\r\n\r\n" + b"z" * 1022 * 2048 + b"\r\n"}
+    for env in (small, large):
+        (tmp_path / f"{env.id}.eml").write_bytes(bodies[env.id])
+        (tmp_path / f"{env.id}.json").write_text(json.dumps(env.to_json()))
+    spool = Spool(tmp_path)
+    spool.prepare()
+    assert spool.load_all() == [small, large]
+    assert spool.read(large.id) == large and spool.holds(large.id)
+    assert await spool.message(small.id) == bodies[small.id]
+    spooled = await spool.message(large.id)
+    assert isinstance(spooled, Spooled) and await whole(spooled) == bodies[large.id]
+    assert await spool.body(large.id) == bodies[large.id]
+    large.recipients[0].state = State.DELIVERED
+    await spool.update(large)
+    assert Spool(tmp_path).read(large.id).recipients[0].state == State.DELIVERED
+    for env in (small, large):
+        await spool.remove(env.id)
+    assert os.listdir(tmp_path) == []
 
 
 def test_ids_sort_by_time_and_are_unique():
@@ -82,16 +170,24 @@ async def test_a_large_body_streams_to_its_file_and_commits_whole(tmp_path):
     env = envelope()
     body = spool.incoming(env.id)
     chunk = b"y" * 1022 + b"\r\n"
+    await body.write(b"Subject: stor\r\n\r\n")
     for _ in range(3 * STREAM_AT // len(chunk)):
         await body.write(chunk)
     assert body.streamed  # on disk already, before the commit
-    assert (tmp_path / f"{env.id}.eml.tmp").stat().st_size >= STREAM_AT
+    assert (tmp_path / f"{env.id}.msg").stat().st_size >= STREAM_AT
+    assert Spool(tmp_path).load_all() == []  # no footer yet: not a message yet
     await spool.commit(env, body)
-    expected = chunk * (3 * STREAM_AT // len(chunk))
+    expected = b"Subject: stor\r\n\r\n" + chunk * (3 * STREAM_AT // len(chunk))
     assert body.size == len(expected) and body.head == expected[:len(body.head)]
-    assert (tmp_path / f"{env.id}.eml").read_bytes() == expected
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{env.id}.eml", f"{env.id}.json"]
-    assert await Spool(tmp_path).body(env.id) == expected
+    assert (tmp_path / f"{env.id}.msg").read_bytes().startswith(expected)
+    assert [p.name for p in tmp_path.iterdir()] == [f"{env.id}.msg"]
+    fresh = Spool(tmp_path)
+    fresh.prepare()  # its CRC, made piece by piece as it streamed, is the whole file's
+    assert fresh.load_all() == [env]
+    assert await fresh.body(env.id) == expected
+    spooled = await fresh.message(env.id)  # the envelope after it is never sent
+    assert isinstance(spooled, Spooled) and spooled.end == len(expected)
+    assert await whole(spooled) == expected
 
 
 async def test_a_discarded_body_leaves_nothing(tmp_path):
@@ -110,7 +206,7 @@ async def test_a_body_discarded_while_its_thread_writes_leaves_nothing(tmp_path)
     spool = Spool(tmp_path)
     spool.prepare()
     body = spool.incoming(new_id())
-    fifo = tmp_path / f"{body.queue_id}.eml.tmp"
+    fifo = tmp_path / f"{body.queue_id}.msg"
     os.mkfifo(fifo)
     session = asyncio.create_task(body.write(b"z" * STREAM_AT))
     await asyncio.sleep(0.05)  # the thread is in open()
@@ -142,7 +238,7 @@ async def test_recent_bodies_are_served_from_memory_until_removed(tmp_path):
     spool.prepare()
     env = envelope()
     await spool.put(env, b"Subject: x\r\n\r\nbody\r\n")
-    (tmp_path / f"{env.id}.eml").unlink()  # only the cache can answer now
+    (tmp_path / f"{env.id}.msg").unlink()  # only the cache can answer now
     assert await spool.body(env.id) == b"Subject: x\r\n\r\nbody\r\n"
     await spool.remove(env.id)
     assert list(tmp_path.iterdir()) == []
