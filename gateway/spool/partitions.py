@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from gateway.model import Envelope
-from gateway.spool.store import BODY, MESSAGE, STATE, Spool, fsync_dir, queue_ids
+from gateway.spool.store import BODY, FREE, MESSAGE, STATE, Spool, fsync_dir, queue_ids
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,9 @@ def rebalance(root: Path, workers: int) -> int:
                     fsync_dir(target)
             fsync_dir(folder)
         moved += len(ids)
+        for name in names:
+            if name.endswith(FREE):  # emptied files kept for reuse: nothing in them
+                (folder / name).unlink(missing_ok=True)
         if folder != root and not any(folder.iterdir()):
             folder.rmdir()
     if moved:

@@ -2,22 +2,24 @@
 
 A new message is one file, DIR/<id>.msg: the message as received, then its envelope as
 it arrived (compact JSON) and a fixed footer with both lengths and a CRC-32. It is
-written under its final name, fsynced and its folder fsynced; only then does the edge
-answer 250 (RFC 5321 6.1). No rename is needed: a file whose footer is missing, or
-does not match the file's length, was never finished (no 250 was given) and is removed
-at start; one whose CRC does not match is quarantined for a person. When a delivery
-attempt changes the state, DIR/<id>.json is written beside it (temporary file, fsync,
-rename, folder fsync) and from then on wins over the envelope in the message file.
-Spools written before this layout, DIR/<id>.eml (the message) with DIR/<id>.json, are
-read, delivered and removed the same way.
+written and fsynced, and its folder fsynced; only then does the edge answer 250
+(RFC 5321 6.1). A file whose footer is missing, or does not fit the file's length, was
+never finished (no 250 was given) and is removed at start; one whose CRC does not
+match is quarantined for a person. When a delivery attempt changes the state,
+DIR/<id>.json is written beside it (temporary file, fsync, rename, folder fsync) and
+from then on wins over the envelope in the message file. Spools written before this
+layout, DIR/<id>.eml (the message) with DIR/<id>.json, are read, delivered and removed
+the same way.
 
-One file per message matters here: every new inode costs a scan of the inode bitmap
-(on ext4 without a journal it skips every inode deleted in the last seconds), so file
-churn costs more the faster mail arrives. Messages that arrive together are committed
-in one round (group commit): one hop to a thread writes all their files, fsyncs them,
-fsyncs the folder once, and unlinks the messages finished meanwhile. A finished
-message is unlinked without a folder fsync of its own, as Postfix does: after a power
-cut it may come back and be delivered twice, which RFC 5321 6.1 prefers to losing one.
+Few inodes matter here: every new inode costs a scan of the inode bitmap (on ext4
+without a journal it skips every inode deleted in the last minutes), so file churn
+costs more the faster mail arrives. So the file of a finished message is not unlinked
+but emptied and renamed DIR/<id>.free, and the next new message is written into it and
+renamed into place once it is durable. Messages that arrive together are committed in
+one round (group commit): one hop to a thread writes all their files, fsyncs them,
+fsyncs the folder once, and takes away the messages finished meanwhile. A finished
+message goes without a folder fsync of its own, as Postfix does: after a power cut it
+may come back and be delivered twice, which RFC 5321 6.1 prefers to losing one.
 
 A body arriving over SMTP is taken as it comes (`Incoming`): held in memory while it is
 small, streamed into its message file once it is not, so a large message never sits
@@ -51,12 +53,14 @@ log = logging.getLogger(__name__)
 MESSAGE = ".msg"  # the message, its envelope as it arrived, the footer
 STATE = ".json"  # the envelope once a delivery attempt changed it
 BODY = ".eml"  # the message, in spools written before MESSAGE files (always with a STATE)
+FREE = ".free"  # the emptied file of a finished message, for a new one to be written into
 TMP = ".tmp"
 LOCK = ".lock"
 QUARANTINE = "quarantine"
 STREAM_AT = 1 << 20  # bytes of a new body held in memory before it goes to its file
 HEAD = 65536  # bytes of a new body kept for reading its header fields
 CACHE_BYTES = 32 << 20  # bodies of recent messages kept for their first attempt
+FREE_MAX = 256  # emptied message files kept per folder for reuse
 MAGIC = b"send-sikkert-spool-1"
 _FOOTER = re.compile(rb"\n" + re.escape(MAGIC) + rb" ([0-9a-f]{16}) ([0-9a-f]{8}) ([0-9a-f]{8})\n")
 
@@ -155,6 +159,7 @@ class _Write:
 
     `fd` is the open message file of a body streamed so far (-1: none yet), `crc` the
     CRC-32 of what was written to it; `data` is the rest of the message, `size` all of it.
+    `free` is the emptied file of a finished message it is written into, if one was left.
     """
 
     queue_id: str
@@ -164,17 +169,33 @@ class _Write:
     done: asyncio.Future[None]
     fd: int = -1
     crc: int = 0
+    free: Path | None = None
+
+
+@dataclass
+class _Finish:
+    """A finished message: its message file to empty and keep (or unlink), and the other
+    files it may have (unlinked first: a crash never leaves a state without its message)."""
+
+    message: Path
+    others: list[Path]
 
 
 class GroupCommit:
     """One thread hop per round: writes every new message that arrived while the previous
-    round ran, and unlinks the files of every message finished meanwhile."""
+    round ran, and takes away the files of every message finished meanwhile.
+
+    The message files of finished messages are emptied and kept (DIR/<old id>.free, at
+    most FREE_MAX) for new messages to be written into and renamed: no inode is freed or
+    allocated for the messages that pass through.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.free: list[Path] = []  # emptied files, ready to be written into
         self._writes: list[_Write] = []
-        self._unlinks: list[Path] = []
-        self._unlinked: asyncio.Future[None] | None = None
+        self._finishes: list[_Finish] = []
+        self._finished: asyncio.Future[None] | None = None
         self._running: asyncio.Task[None] | None = None
 
     async def put(self, write: _Write) -> None:
@@ -182,11 +203,11 @@ class GroupCommit:
         self._start()
         await write.done
 
-    async def unlink(self, paths: list[Path]) -> None:
-        self._unlinks += paths
-        if self._unlinked is None:
-            self._unlinked = asyncio.get_running_loop().create_future()
-        waiter = self._unlinked
+    async def finish(self, finish: _Finish) -> None:
+        self._finishes.append(finish)
+        if self._finished is None:
+            self._finished = asyncio.get_running_loop().create_future()
+        waiter = self._finished
         self._start()
         await waiter
 
@@ -196,62 +217,84 @@ class GroupCommit:
 
     async def _rounds(self) -> None:
         try:
-            while self._writes or self._unlinks:
+            while self._writes or self._finishes:
                 writes, self._writes = self._writes, []
-                unlinks, self._unlinks = self._unlinks, []
-                unlinked, self._unlinked = self._unlinked, None
-                failures, unlink_error = await asyncio.to_thread(
-                    _commit, self.path, writes, unlinks)
+                finishes, self._finishes = self._finishes, []
+                finished, self._finished = self._finished, None
+                for write in writes:
+                    if write.fd < 0 and self.free:
+                        write.free = self.free.pop()
+                keep = max(0, FREE_MAX - len(self.free))
+                failures, finish_error, freed = await asyncio.to_thread(
+                    _commit, self.path, writes, finishes, keep)
+                self.free += freed
                 for write, failure in zip(writes, failures, strict=True):
                     if failure is None:
                         write.done.set_result(None)
                     else:
                         write.done.set_exception(failure)
-                if unlinked is not None:
-                    if unlink_error is None:
-                        unlinked.set_result(None)
+                if finished is not None:
+                    if finish_error is None:
+                        finished.set_result(None)
                     else:
-                        unlinked.set_exception(unlink_error)
+                        finished.set_exception(finish_error)
         finally:
             self._running = None
 
 
-def _commit(folder: Path, writes: list[_Write],
-            unlinks: list[Path]) -> tuple[list[OSError | None], OSError | None]:
-    """Unlink, then write and fsync each new message file and fsync the folder once.
+def _commit(folder: Path, writes: list[_Write], finishes: list[_Finish],
+            keep: int) -> tuple[list[OSError | None], OSError | None, list[Path]]:
+    """Take finished messages away (emptying up to `keep` of their files for reuse), then
+    write and fsync each new message file and fsync the folder once.
 
-    Returns a failure per message (None: durable) and the first failed unlink.
+    Returns a failure per message (None: durable), the first failure to take a finished
+    message away, and the files emptied for reuse.
     """
-    unlink_error = None
-    for path in unlinks:
+    finish_error, freed = None, []
+    for finish in finishes:
         try:
-            path.unlink(missing_ok=True)
+            for path in finish.others:
+                path.unlink(missing_ok=True)
+            if len(freed) < keep:
+                os.truncate(finish.message, 0)  # delivered mail is not kept on the disk
+                free = finish.message.with_suffix(FREE)
+                os.rename(finish.message, free)
+                freed.append(free)
+            else:
+                finish.message.unlink(missing_ok=True)
+        except FileNotFoundError:
+            pass  # a message of the two-file layout (or one already gone)
         except OSError as e:
-            unlink_error = unlink_error or e
+            finish_error = finish_error or e
     if not writes:
-        return [], unlink_error
+        return [], finish_error, freed
     failures: list[OSError | None] = [None] * len(writes)
     for i, write in enumerate(writes):
         path = folder / (write.queue_id + MESSAGE)
         fd = write.fd
         try:
             if fd < 0:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+                fd = os.open(write.free or path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
             crc = zlib.crc32(write.envelope, zlib.crc32(write.data, write.crc))
             _write_all(fd, b"".join((write.data, write.envelope,
                                      footer(write.size, len(write.envelope), crc))))
             os.fsync(fd)
+            if write.free is not None:
+                os.rename(write.free, path)  # whole and durable before it has its name
         except OSError as e:
             failures[i] = e
         if fd >= 0:
             os.close(fd)
         if failures[i] is not None:
-            path.unlink(missing_ok=True)  # a full disk leaves nothing half-written behind
+            # A full disk leaves nothing half-written behind.
+            for left in (write.free, path):
+                if left is not None:
+                    left.unlink(missing_ok=True)
     try:
         fsync_dir(folder)
     except OSError as e:  # nothing in the round is durable
         failures = [e] * len(writes)
-    return failures, unlink_error
+    return failures, finish_error, freed
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -399,6 +442,7 @@ class Spool:
         self._sync = GroupSync(directory)
         self._commit = GroupCommit(directory)
         self._recent = BodyCache()
+        self._fresh: set[str] = set()  # spooled here and never updated: no state file
         self._lock_fd: int | None = None
 
     def lock(self) -> None:
@@ -434,6 +478,8 @@ class Spool:
             stem, suffix = os.path.splitext(name)
             if name.endswith(TMP):
                 path.unlink(missing_ok=True)
+            elif suffix == FREE:
+                self._keep_free(path)
             elif suffix == BODY and stem + STATE not in names:
                 log.warning("removing %s: its envelope was never written", name)
                 path.unlink(missing_ok=True)
@@ -444,6 +490,15 @@ class Spool:
                     path.unlink(missing_ok=True)
                 elif problem:
                     self._quarantine(stem, ValueError(problem))
+
+    def _keep_free(self, path: Path) -> None:
+        """An emptied file left from before: kept for reuse (emptied again: a crash may
+        have come between a new message's write and its rename), or unlinked."""
+        if len(self._commit.free) < FREE_MAX:
+            os.truncate(path, 0)
+            self._commit.free.append(path)
+        else:
+            path.unlink(missing_ok=True)
 
     def writable(self) -> bool:
         return os.access(self.dir, os.W_OK | os.X_OK)
@@ -477,6 +532,7 @@ class Spool:
             # No 250 will be given: take the message back out, the client sends it again.
             await asyncio.to_thread((self.dir / (envelope.id + MESSAGE)).unlink, missing_ok=True)
             raise SpoolError(f"cannot write {envelope.id}: {e}", full=_full(e)) from e
+        self._fresh.add(envelope.id)
         if cache:
             self._recent.add(envelope.id, data)
         metrics.spool_write_seconds.observe(time.perf_counter() - started)
@@ -484,6 +540,7 @@ class Spool:
     async def update(self, envelope: Envelope) -> None:
         """Replace a message's state atomically (the message is never rewritten)."""
         path = self.dir / (envelope.id + STATE)
+        self._fresh.discard(envelope.id)
         await asyncio.to_thread(_write_durable, path, _encode(envelope))
         await self._sync.sync()
 
@@ -491,11 +548,13 @@ class Spool:
         """Forget a finished message: state first, so a crash never leaves a bodiless state.
 
         No folder fsync (see the module's docstring): at worst the message is delivered
-        again.
+        again. A message this process spooled and never updated has only its message file.
         """
         self._recent.drop(queue_id)
-        await self._commit.unlink([self.dir / (queue_id + suffix)
-                                   for suffix in (STATE, MESSAGE, BODY)])
+        others = [] if queue_id in self._fresh else [self.dir / (queue_id + STATE),
+                                                     self.dir / (queue_id + BODY)]
+        self._fresh.discard(queue_id)
+        await self._commit.finish(_Finish(self.dir / (queue_id + MESSAGE), others))
 
     async def body(self, queue_id: str) -> bytes:
         cached = self._recent.get(queue_id)

@@ -48,7 +48,32 @@ async def test_update_and_remove(tmp_path):
     await spool.update(env)
     assert spool.read(env.id).recipients[0].last_error == "451 4.4.1 later"
     await spool.remove(env.id)
-    assert spool.load_all() == [] and os.listdir(tmp_path) == []
+    assert spool.load_all() == [] and os.listdir(tmp_path) == [f"{env.id}.free"]
+
+
+async def test_the_file_of_a_finished_message_is_emptied_and_written_into_again(tmp_path):
+    spool = Spool(tmp_path)
+    spool.prepare()
+    first, second = envelope(), envelope()
+    await spool.put(first, b"Subject: en\r\n\r\nfortroligt\r\n")
+    inode = (tmp_path / f"{first.id}.msg").stat().st_ino
+    await spool.remove(first.id)
+    free = tmp_path / f"{first.id}.free"
+    assert free.stat().st_size == 0  # nothing of a delivered message stays on the disk
+    assert spool.load_all() == [] and not spool.holds(first.id)
+    await spool.put(second, b"Subject: to\r\n\r\nx\r\n")
+    assert os.listdir(tmp_path) == [f"{second.id}.msg"]
+    assert (tmp_path / f"{second.id}.msg").stat().st_ino == inode  # no new inode
+    assert Spool(tmp_path).load_all() == [second]
+
+
+def test_emptied_files_left_from_before_are_emptied_again_and_kept(tmp_path):
+    # A crash between a new message's write into an emptied file and its rename.
+    (tmp_path / "0661937434AAAA000000.free").write_bytes(b"Subject: never answered 250")
+    spool = Spool(tmp_path)
+    spool.prepare()
+    assert spool.load_all() == []
+    assert (tmp_path / "0661937434AAAA000000.free").stat().st_size == 0
 
 
 def test_prepare_drops_unfinished_writes(tmp_path):
@@ -120,7 +145,7 @@ async def test_one_file_per_message_until_its_state_changes(tmp_path):
         assert fresh.read(env.id).recipients[0].state == State.DEFERRED
         assert await fresh.body(env.id) == data and await fresh.message(env.id) == data
     await spool.remove(env.id)
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(tmp_path) == [f"{env.id}.free"]
 
 
 async def test_a_spool_of_the_two_file_layout_is_read_updated_and_removed(tmp_path):
