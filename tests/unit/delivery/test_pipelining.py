@@ -19,9 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from aiosmtplib.email import quote_address
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.delivery import Rcpt, Result, TlsPolicy, parse_route
-from gateway.delivery.smtp import SmtpTransport
+from gateway.delivery.smtp import SmtpTransport, _address
 from tests.support.ports import free_port
 
 OK = 250
@@ -277,6 +280,25 @@ async def test_a_hop_silent_within_a_group_times_out(scripted: Scripted) -> None
     result = await send(quick, scripted.port, ONE, TWO)
     assert {(r.code, r.status) for r in result.replies.values()} == {(TEMPFAIL, "4.4.2")}
     assert len(scripted.received[0]) == 4
+
+
+_ATEXT = "abcXYZ019!#$%&'*+/=?^_`{|}~.-"
+_TRICKY = _ATEXT + ' "<>()[]\\,;:@\t\xe6'
+
+
+@given(st.text(_TRICKY, max_size=12), st.text(_ATEXT + "@ <>", max_size=12))
+def test_addresses_go_on_the_command_line_as_aiosmtplib_writes_them(local: str,
+                                                                      domain: str) -> None:
+    address = f"{local}@{domain}"
+    try:
+        expected = quote_address(address).encode("utf-8")
+    except ValueError:
+        expected = None
+    try:
+        written = _address(address, "utf-8")
+    except ValueError:
+        written = None
+    assert written == expected
 
 
 # Postfix's smtp-sink: a real server that offers PIPELINING.
