@@ -378,7 +378,8 @@ async def test_smtp_sink_dropping_the_connection_at_rcpt_defers_all(
     await wait_listening(sink.port)
     result = await send(transport, sink.port, ONE, TWO)
     assert {(r.code, r.status) for r in result.replies.values()} == {(TEMPFAIL, "4.4.2")}
-    assert list(sink.dumps.iterdir()) == []
+    # smtp-sink may have opened a dump for the transaction at MAIL: nothing of the message
+    assert not [p for p in sink.dumps.iterdir() if b"Subject: Hej" in p.read_bytes()]
 
 
 async def test_smtp_sink_closing_at_rset_gets_the_message_a_new_session(
