@@ -249,9 +249,8 @@ class Pipeline:
         if mode == "off":
             env.dlp = DlpOutcome(mode)
             return env.dlp
-        # A message left in its spool file is read there by the scan's worker process.
-        result = await (self.scanner.scan(data.path, data.end) if isinstance(data, Spooled)
-                        else self.scanner.scan(data))
+        # A spooled message is read from its file in pieces, up to where its body ends.
+        result = await self.scanner.scan(data)
         metrics.dlp_scan_seconds.observe(result.seconds)
         env.dlp = DlpOutcome(mode, result.places,
                              tuple(f"{g.reason}: {g.name or 'the message'} ({g.detail})"

@@ -88,25 +88,84 @@ def _keyword_before(text: str, start: int) -> bool:
 
 def find_cpr_numbers(text: str) -> Iterator[CprMatch]:
     """Every CPR number in `text` that counts by the contract's rule, in order."""
-    pos = 0
+    for m in _candidates(text, 0):
+        match = _judge(text, m)
+        if match is not None:
+            yield match
+
+
+def _candidates(text: str, pos: int) -> Iterator[re.Match[str]]:
+    """Each candidate not glued to a letter or digit before it, searched on from its end."""
     while (m := _CANDIDATE.search(text, pos)) is not None:
         if m.start() > 0 and text[m.start() - 1].isalnum():
             pos = m.start() + 1  # glued: a later candidate may still start inside this one
             continue
+        yield m
         pos = m.end()
-        digits = m[1] + m[3]
-        if not real_date(digits):
-            continue
-        separator = m[2]
-        if separator and separator in _HYPHENS:
-            reason: Reason = "hyphen"
-        elif passes_modulus11(digits):
-            reason = "modulus11"
-        elif _keyword_before(text, m.start()):
-            reason = "keyword"
+
+
+def _judge(text: str, m: re.Match[str]) -> CprMatch | None:
+    """The candidate as a CPR number, if it counts by the rule."""
+    digits = m[1] + m[3]
+    if not real_date(digits):
+        return None
+    separator = m[2]
+    if separator and separator in _HYPHENS:
+        reason: Reason = "hyphen"
+    elif passes_modulus11(digits):
+        reason = "modulus11"
+    elif _keyword_before(text, m.start()):
+        reason = "keyword"
+    else:
+        return None
+    return CprMatch(m.start(), m.end(), digits, reason)
+
+
+class CprStream:
+    """`find_cpr_numbers` over a text that arrives in pieces: every number once, exactly
+    those the whole text holds, however it is split.
+
+    A candidate is judged only once the character after it has arrived (or the text has
+    ended), and the characters a judgement looks back at (the one before a candidate, and
+    the keyword window) are kept from the previous pieces; nothing else is held.
+    """
+
+    _BEHIND = KEYWORD_DISTANCE + _LONGEST_KEYWORD  # characters kept before a candidate
+    _AHEAD = 12  # the longest candidate, and the character after it
+
+    def __init__(self) -> None:
+        self._text = ""  # the text from absolute offset _base on
+        self._base = 0
+        self._pos = 0  # where the search goes on (absolute)
+
+    def feed(self, piece: str) -> list[CprMatch]:
+        """The numbers that `piece` completes."""
+        self._text = self._text + piece if self._text else piece
+        return self._search(final=False)
+
+    def close(self) -> list[CprMatch]:
+        """The numbers at the very end of the text."""
+        return self._search(final=True)
+
+    def _search(self, final: bool) -> list[CprMatch]:
+        text, base, found = self._text, self._base, []
+        pos, end = self._pos - base, len(text)
+        for m in _candidates(text, pos):
+            if m.end() >= end and not final:
+                # Undecided until the character after it arrives; no earlier position
+                # can still become a candidate (each needs at most _AHEAD characters).
+                pos = m.start()
+                break
+            pos = m.end()
+            match = _judge(text, m)
+            if match is not None:
+                found.append(CprMatch(base + match.start, base + match.end, match.digits,
+                                      match.reason))
         else:
-            continue
-        yield CprMatch(m.start(), m.end(), digits, reason)
+            pos = max(pos, end - self._AHEAD)  # before this every position is decided
+        keep = max(0, pos - self._BEHIND)
+        self._text, self._base, self._pos = text[keep:], base + keep, base + pos
+        return found
 
 
 def contains_cpr(text: str) -> bool:

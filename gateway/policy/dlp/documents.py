@@ -11,10 +11,9 @@ spelling checks, revisions or formatting touch it.
 
 from __future__ import annotations
 
-import io
 import logging
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import IO
 
 import pypdf
@@ -59,15 +58,22 @@ def is_ole(data: bytes) -> bool:
     return data[:8] == OLE_MAGIC
 
 
-def ole_is_encrypted_ooxml(data: bytes) -> bool:
-    """An encrypted .docx/.xlsx/.pptx is an OLE file holding an EncryptedPackage stream."""
-    return _ENCRYPTED_OOXML in data
+def ole_is_encrypted_ooxml(pieces: Iterable[bytes]) -> bool:
+    """An encrypted .docx/.xlsx/.pptx is an OLE file holding an EncryptedPackage stream
+    (searched as the file streams by: a name split between two pieces is still seen)."""
+    tail = b""
+    for piece in pieces:
+        if _ENCRYPTED_OOXML in tail + piece[:len(_ENCRYPTED_OOXML)] or _ENCRYPTED_OOXML in piece:
+            return True
+        tail = piece[-(len(_ENCRYPTED_OOXML) - 1):]
+    return False
 
 
-def pdf_text(data: bytes, max_pages: int) -> tuple[list[str], bool]:
-    """Each page's text, and whether pages were left out (past `max_pages`)."""
+def pdf_text(file: IO[bytes], max_pages: int) -> tuple[list[str], bool]:
+    """Each page's text, and whether pages were left out (past `max_pages`); pypdf reads
+    the (seekable) file where it needs to, so the PDF need not be in memory."""
     try:
-        reader = pypdf.PdfReader(io.BytesIO(data))
+        reader = pypdf.PdfReader(file)
         if reader.is_encrypted and reader.decrypt("") == pypdf.PasswordType.NOT_DECRYPTED:
             raise Encrypted("the PDF needs a password")
         pages = []

@@ -1,35 +1,44 @@
 """The text a person could read in a message, part by part, as the DLP scan sees it.
 
 The subject is RFC 2047-decoded. Each MIME part (RFC 2045, 2046) is transfer-decoded
-(base64, quoted-printable) and charset-decoded (iso-8859-1 and us-ascii read as
-windows-1252, as WHATWG does; undeclared text as UTF-8, else windows-1252); HTML loses its
-tags and its entities are decoded. Attachments are read by what they are, not only by
-what they are called: text types (CSV too), PDF, OOXML, OpenDocument, ZIP archives and
-attached messages (message/rfc822), recursively. The raw transfer encoding is never
-scanned, so an image's base64 that happens to hold ten digits is never a finding.
+(base64, quoted-printable) and charset-decoded (`text`); HTML loses its tags and its
+entities are decoded. Attachments are read by what they are, not only by what they are
+called: text types (CSV too), PDF, OOXML, OpenDocument, ZIP archives and attached
+messages (message/rfc822), recursively. The raw transfer encoding is never scanned, so an
+image's base64 that happens to hold ten digits is never a finding.
 
-The work is bounded by `Limits`. What could not be read in full (an encrypted PDF or ZIP,
-a damaged file, a limit reached) is recorded as a `Gap`; the rest is still scanned.
+The message is read in pieces (`pieces`) and its text handed on in pieces to a `Sink`
+(the scan's detector, or a collector of whole texts); what must be read whole (PDF, OOXML,
+ZIP) is spilled to a temporary file once it is large. The work is bounded by `Limits`.
+What could not be read in full (an encrypted PDF or ZIP, a damaged file, a limit reached)
+is recorded as a `Gap`; the rest is still scanned.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import codecs
-import io
-import re
 import zipfile
 import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from email.message import Message
-from html.parser import HTMLParser
-from typing import Literal
+from typing import IO, Literal, Protocol
 
 from gateway import rawmail
 from gateway.policy.dlp import documents
 from gateway.policy.dlp.cpr import mask_text
-from gateway.transform.mime import parse_headers, part_spans, split_entity
+from gateway.policy.dlp.pieces import (
+    CHUNK,
+    HEAD_MAX,
+    Parts,
+    Reader,
+    file_pieces,
+    first_bytes,
+    spilled,
+    split_head,
+    transfer_decoded,
+)
+from gateway.policy.dlp.text import Kind, TextOut, TextPart
+from gateway.transform.mime import parse_headers
 
 Where = Literal["subject", "body", "attachment"]
 GapReason = Literal["encrypted", "unreadable", "unsupported", "limit"]
@@ -42,20 +51,14 @@ _TEXT_EXTENSIONS = {"txt", "csv", "tsv", "json", "xml", "md", "log", "ics", "vcf
 _MESSAGE_TYPES = {"message/rfc822", "message/global"}
 _ENCRYPTED_TYPES = {"application/pkcs7-mime", "application/x-pkcs7-mime",
                     "application/pgp-encrypted"}
-_WINDOWS_1252_ALIASES = {"latin_1", "iso8859-1", "ascii"}  # codec names after lookup
-_NOT_BASE64 = bytes(set(range(256)) - set(
-    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"))
-# RFC 3676: a line ending in a space continues on the next; "010190 \r\n1234" is one number.
-_FLOWED_BREAK = re.compile(r" \r?\n")
-_BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"),
-         (codecs.BOM_UTF16_BE, "utf-16"))
+_SNIFF = 1024  # leading bytes that tell a PDF, a ZIP archive or an OLE file
 
 
 @dataclass(frozen=True)
 class Limits:
     """How much one scan may read; past a limit the rest is left out and a Gap says so."""
 
-    max_bytes: int = 100 * MiB  # decoded content of parts and archive members, in all
+    max_bytes: int = 100 * MiB  # content of parts and archive members, in all
     max_parts: int = 1000  # MIME parts and archive members
     max_depth: int = 10  # nesting of multiparts, attached messages and archives
     max_text: int = 32 * MiB  # characters of text scanned, in all
@@ -80,12 +83,18 @@ class Gap:
     detail: str
 
 
+class Sink(Protocol):
+    """What takes the text of a message, one place at a time."""
+
+    def open(self, where: Where, name: str) -> TextOut: ...
+
+
 @dataclass
 class Extraction:
-    """What one message yielded: its texts, and its gaps."""
+    """What one message yielded: its text (handed to `sink`), and its gaps."""
 
     limits: Limits
-    texts: list[Text] = field(default_factory=list)
+    sink: Sink
     gaps: list[Gap] = field(default_factory=list)
     bytes_read: int = 0
     parts: int = 0
@@ -95,14 +104,15 @@ class Extraction:
         if not any(g.reason == reason and g.name == name for g in self.gaps):
             self.gaps.append(Gap(reason, name, detail))
 
+    def open(self, where: Where, name: str) -> TextOut:
+        """The text of one place, counted against max_text."""
+        return _Counted(self, name, self.sink.open(where, name),
+                        room=self.limits.max_text - self.chars)
+
     def add(self, where: Where, name: str, text: str) -> None:
-        room = self.limits.max_text - self.chars
-        if len(text) > room:
-            self.gap("limit", name, f"more than {self.limits.max_text} characters of text")
-            text = text[:max(room, 0)]
-        if text:
-            self.chars += len(text)
-            self.texts.append(Text(where, name, text))
+        out = self.open(where, name)
+        out.write(text)
+        out.close()
 
     def take_part(self, name: str) -> bool:
         """Count one more part; False (and a gap) past max_parts."""
@@ -115,37 +125,114 @@ class Extraction:
     def take_bytes(self, size: int, name: str) -> bool:
         """Count `size` more bytes to read; False (and a gap) past max_bytes."""
         if self.bytes_read + size > self.limits.max_bytes:
-            self.gap("limit", name, f"more than {self.limits.max_bytes} bytes of content")
+            self._over_bytes(name)
             return False
         self.bytes_read += size
         return True
 
+    def counted(self, pieces: Iterable[bytes], name: str) -> Iterator[bytes]:
+        """`pieces` as long as they stay within max_bytes; the rest left out (and a gap)."""
+        for piece in pieces:
+            room = self.limits.max_bytes - self.bytes_read
+            if len(piece) > room:
+                self._over_bytes(name)
+                self.bytes_read += room
+                if room:
+                    yield piece[:room]
+                return
+            self.bytes_read += len(piece)
+            yield piece
 
-def extract(message: bytes, limits: Limits | None = None) -> Extraction:
-    """Every readable text of one message (CRLF line endings, as SMTP delivers it)."""
-    out = Extraction(limits or Limits())
-    _Walker(out).message(message, "body", "", 0)
-    return out
+    def _over_bytes(self, name: str) -> None:
+        self.gap("limit", name, f"more than {self.limits.max_bytes} bytes of content")
+
+
+class _Counted:
+    """One place's text, cut at the characters left of max_text (then a gap)."""
+
+    def __init__(self, extraction: Extraction, name: str, out: TextOut, room: int) -> None:
+        self._extraction = extraction
+        self._name = name
+        self._out = out
+        self._room = room
+        self._written = 0
+        self._cut = False
+
+    def write(self, text: str) -> None:
+        if self._written + len(text) > self._room:
+            text = text[:max(self._room - self._written, 0)]
+            self._cut = True
+        if text:
+            self._written += len(text)
+            self._out.write(text)
+
+    def close(self, keep: bool = True) -> None:
+        if keep:
+            if self._cut:
+                limit = self._extraction.limits.max_text
+                self._extraction.gap("limit", self._name, f"more than {limit} characters of text")
+            self._extraction.chars += self._written
+        self._out.close(keep)
+
+    def fork(self) -> _Counted:
+        twin = _Counted(self._extraction, self._name, self._out.fork(), self._room)
+        twin._written, twin._cut = self._written, self._cut
+        return twin
+
+
+def read_message(pieces: Iterable[bytes], out: Extraction) -> None:
+    """Hand every readable text of one message (CRLF line endings, as SMTP delivers it,
+    in pieces of any size) to `out`."""
+    _Walker(out).message(Reader(pieces), "body", "", 0)
+
+
+@dataclass(frozen=True)
+class Extracted:
+    texts: list[Text]
+    gaps: list[Gap]
+
+
+def extract(message: bytes, limits: Limits | None = None) -> Extracted:
+    """Every readable text of a message in memory, each place's whole, and the gaps."""
+    texts = _Texts()
+    out = Extraction(limits or Limits(), texts)
+    read_message(slices(message), out)
+    return Extracted(texts.texts, out.gaps)
+
+
+def slices(data: bytes, size: int = CHUNK) -> Iterator[bytes]:
+    """`data` in pieces of `size` bytes."""
+    for i in range(0, len(data), size):
+        yield data[i:i + size]
 
 
 class _Walker:
     def __init__(self, out: Extraction) -> None:
         self.out = out
 
-    def message(self, data: bytes, where: Where, name: str, depth: int) -> None:
+    def message(self, reader: Reader, where: Where, name: str, depth: int) -> None:
         """A whole message: its subject, then its content as one entity."""
-        head, _ = split_entity(data)
+        head = self.head(reader, name)
         subject = rawmail.get(rawmail.parse_fields(head), "Subject")
         if subject:
             self.out.add("subject" if where == "body" else where, name, subject)
-        self.entity(data, where, name, depth)
+        self.entity(head, reader, where, name, depth)
 
-    def entity(self, data: bytes, where: Where, name: str, depth: int) -> None:
+    def head(self, reader: Reader, name: str) -> bytes:
+        head, overlong = split_head(reader)
+        if overlong:
+            self.out.gap("limit", name, f"a header block of more than {HEAD_MAX} bytes")
+        return head
+
+    def entity(self, head: bytes | None, reader: Reader, where: Where, name: str,
+               depth: int) -> None:
+        """One entity; its header block already read (`head`), or still to be read."""
         out = self.out
         if depth > out.limits.max_depth:
             out.gap("limit", name, f"nested more than {out.limits.max_depth} levels deep")
             return
-        head, body = split_entity(data)
+        if head is None:
+            head = self.head(reader, name)
         # Only the Content-* fields matter here; parsing the rest would cost for nothing.
         headers = parse_headers(b"".join(f.raw for f in rawmail.parse_fields(head)
                                          if f.name.lower().startswith("content-")))
@@ -162,48 +249,61 @@ class _Walker:
             if not boundary:
                 out.gap("unreadable", name, "a multipart part without a boundary")
                 return
-            for start, end in part_spans(body, boundary):
+            parts = Parts(reader, boundary)
+            while parts.next_part():
                 if not out.take_part(name):
                     return
-                self.entity(body[start:end], where, name, depth + 1)
+                self.entity(None, Reader(parts), where, name, depth + 1)
             return
-        if not out.take_bytes(len(body), name):
-            return
-        content = _transfer_decode(body, str(headers.get("content-transfer-encoding", "")))
+        body = out.counted(reader, name)
+        content = transfer_decoded(body, str(headers.get("content-transfer-encoding", "")))
         if ctype in _MESSAGE_TYPES or (_extension(filename) == "eml"
                                        and not ctype.startswith("text/")):
-            self.message(content, "attachment", name, depth + 1)
+            self.message(Reader(content), "attachment", name, depth + 1)
         else:
             self.content(content, ctype, headers.get_content_charset(), filename, where, name,
                          depth, flowed=str(headers.get_param("format", "")).lower() == "flowed")
+        for _ in body:  # what was not read (an image past its first bytes) counts too
+            pass
 
-    def content(self, data: bytes, ctype: str, charset: str | None, filename: str,
-                where: Where, name: str, depth: int, flowed: bool = False) -> None:
+    def content(self, pieces: Iterable[bytes], ctype: str, charset: str | None,
+                filename: str, where: Where, name: str, depth: int,
+                flowed: bool = False) -> None:
         """One decoded part or archive member, read by what it is."""
         out = self.out
         extension = _extension(filename)
         if ctype == "text/html" or (extension in ("htm", "html")
                                     and not ctype.startswith("text/")):
-            out.add(where, name, html_text(decode_text(data, charset)))
+            self.text(pieces, charset, "html", where, name)
         elif ctype.startswith("text/") or ctype in _TEXT_TYPES or extension in _TEXT_EXTENSIONS:
-            text = decode_text(data, charset)
-            out.add(where, name, _FLOWED_BREAK.sub(" ", text) if flowed else text)
-        elif documents.is_pdf(data):
-            self.pdf(data, where, name)
-        elif documents.is_zip(data):
-            self.archive(data, where, name, depth)
-        elif documents.is_ole(data):
-            if documents.ole_is_encrypted_ooxml(data):
-                out.gap("encrypted", name, "an encrypted Office document")
-            else:
-                out.gap("unsupported", name, "a legacy Office file (.doc, .xls, .ppt, .msg)")
-        elif ctype in _ENCRYPTED_TYPES:
-            out.gap("encrypted", name, "encrypted content (S/MIME or PGP)")
-        # Anything else (images, audio, video, ...) holds no text to read.
+            self.text(pieces, charset, "flowed" if flowed else "plain", where, name)
+        else:
+            first, rest = first_bytes(pieces, _SNIFF)
+            if documents.is_pdf(first):
+                with spilled(first, rest) as file:
+                    self.pdf(file, where, name)
+            elif documents.is_zip(first):
+                with spilled(first, rest) as file:
+                    self.archive(file, where, name, depth)
+            elif documents.is_ole(first):
+                if documents.ole_is_encrypted_ooxml(_chain(first, rest)):
+                    out.gap("encrypted", name, "an encrypted Office document")
+                else:
+                    out.gap("unsupported", name, "a legacy Office file (.doc, .xls, .ppt, .msg)")
+            elif ctype in _ENCRYPTED_TYPES:
+                out.gap("encrypted", name, "encrypted content (S/MIME or PGP)")
+            # Anything else (images, audio, video, ...) holds no text to read.
 
-    def pdf(self, data: bytes, where: Where, name: str) -> None:
+    def text(self, pieces: Iterable[bytes], charset: str | None, kind: Kind, where: Where,
+             name: str) -> None:
+        part = TextPart(self.out.open(where, name), charset, kind)
+        for piece in pieces:
+            part.feed(piece)
+        part.close()
+
+    def pdf(self, file: IO[bytes], where: Where, name: str) -> None:
         try:
-            pages, cut = documents.pdf_text(data, self.out.limits.max_pdf_pages)
+            pages, cut = documents.pdf_text(file, self.out.limits.max_pdf_pages)
         except documents.Encrypted as e:
             self.out.gap("encrypted", name, str(e))
             return
@@ -212,13 +312,20 @@ class _Walker:
             return
         if cut:
             self.out.gap("limit", name, f"more than {self.out.limits.max_pdf_pages} pages")
-        self.out.add(where, name, "\n".join(pages))
+        self.joined(pages, where, name)
 
-    def archive(self, data: bytes, where: Where, name: str, depth: int) -> None:
+    def joined(self, texts: Iterable[str], where: Where, name: str) -> None:
+        """Texts of one place (pages, document parts) as one, a line break between them."""
+        text = self.out.open(where, name)
+        for i, piece in enumerate(texts):
+            text.write("\n" + piece if i else piece)
+        text.close()
+
+    def archive(self, file: IO[bytes], where: Where, name: str, depth: int) -> None:
         """OOXML and OpenDocument packages, or a ZIP archive whose members are read in turn."""
         out = self.out
         try:
-            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            with zipfile.ZipFile(file) as archive:
                 kind = documents.office_kind(archive)
                 if kind:
                     self.package(archive, kind, where, name)
@@ -235,16 +342,19 @@ class _Walker:
                     if not out.take_bytes(info.file_size, member):
                         return
                     out.add("attachment", member, info.filename)
-                    member_data = archive.read(info)
-                    if depth + 1 > out.limits.max_depth:
-                        out.gap("limit", name, f"nested more than {out.limits.max_depth} "
-                                               "levels deep")
-                        return
-                    if _extension(info.filename) == "eml":
-                        self.message(member_data, "attachment", member, depth + 1)
-                    else:
-                        self.content(member_data, "application/octet-stream", None,
-                                     info.filename, "attachment", member, depth + 1)
+                    # Read whole first: a damaged member (its CRC) fails before any of it
+                    # is scanned.
+                    with archive.open(info) as stream, spilled(b"", file_pieces(stream)) as data:
+                        if depth + 1 > out.limits.max_depth:
+                            out.gap("limit", name, f"nested more than {out.limits.max_depth} "
+                                                   "levels deep")
+                            return
+                        if _extension(info.filename) == "eml":
+                            self.message(Reader(file_pieces(data)), "attachment", member,
+                                         depth + 1)
+                        else:
+                            self.content(file_pieces(data), "application/octet-stream", None,
+                                         info.filename, "attachment", member, depth + 1)
         except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, OSError,
                 EOFError, ValueError, zlib.error, RuntimeError) as e:
             # zlib.error: damaged deflated data; RuntimeError: zipfile's "encrypted, password
@@ -259,13 +369,49 @@ class _Walker:
         parts = documents.ooxml_parts(archive) if kind == "ooxml" else documents.odf_parts(
             archive)
         read = documents.ooxml_text if kind == "ooxml" else documents.odf_text
-        texts = []
-        for info in parts:
-            if not self.out.take_bytes(info.file_size, name):
-                break
-            with archive.open(info) as stream:
-                texts.append(read(stream))
-        self.out.add(where, name, "\n".join(t for t in texts if t))
+
+        def texts() -> Iterator[str]:
+            for info in parts:
+                if not self.out.take_bytes(info.file_size, name):
+                    return
+                with archive.open(info) as stream:
+                    if text := read(stream):
+                        yield text
+
+        self.joined(texts(), where, name)
+
+
+class _Texts:
+    """A Sink that keeps each place's text whole (for `extract`)."""
+
+    def __init__(self) -> None:
+        self.texts: list[Text] = []
+
+    def open(self, where: Where, name: str) -> TextOut:
+        return _Collected(self, where, name, [])
+
+
+@dataclass
+class _Collected:
+    texts: _Texts
+    where: Where
+    name: str
+    pieces: list[str]
+
+    def write(self, text: str) -> None:
+        self.pieces.append(text)
+
+    def close(self, keep: bool = True) -> None:
+        if keep and self.pieces:
+            self.texts.texts.append(Text(self.where, self.name, "".join(self.pieces)))
+
+    def fork(self) -> _Collected:
+        return _Collected(self.texts, self.where, self.name, list(self.pieces))
+
+
+def _chain(first: bytes, rest: Iterable[bytes]) -> Iterator[bytes]:
+    yield first
+    yield from rest
 
 
 def _filename(headers: Message) -> str:
@@ -284,78 +430,3 @@ def _is_attachment(headers: Message, ctype: str) -> bool:
 
 def _extension(filename: str) -> str:
     return filename.rpartition(".")[2].lower() if "." in filename else ""
-
-
-def _transfer_decode(body: bytes, encoding: str) -> bytes:
-    encoding = encoding.strip().lower()
-    try:
-        if encoding == "base64":
-            return base64.b64decode(body)  # not validated: line breaks and junk are skipped
-        if encoding == "quoted-printable":
-            return binascii.a2b_qp(body)
-    except (binascii.Error, ValueError):
-        return base64.b64decode(_base64_prefix(body))
-    return body
-
-
-def _base64_prefix(body: bytes) -> bytes:
-    """The decodable part of a damaged base64 body: its alphabet, cut to whole quanta."""
-    alphabet = body.translate(None, _NOT_BASE64)
-    return alphabet[: len(alphabet) // 4 * 4]
-
-
-def decode_text(data: bytes, charset: str | None) -> str:
-    """Bytes of a text part as text: its charset, else UTF-8, else windows-1252."""
-    for bom, codec_name in _BOMS:
-        if data.startswith(bom):
-            return data.decode(codec_name, "replace")
-    if charset:
-        try:
-            codec_name = codecs.lookup(charset).name
-        except LookupError:
-            codec_name = ""
-        if codec_name in _WINDOWS_1252_ALIASES:
-            codec_name = "cp1252"
-        if codec_name:
-            return data.decode(codec_name, "replace")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("cp1252", "replace")
-
-
-def html_text(html: str) -> str:
-    """What a reader of the HTML sees: tags removed, entities decoded, blocks on own lines."""
-    parser = _HtmlText()
-    parser.feed(html)
-    parser.close()
-    return "".join(parser.out)
-
-
-class _HtmlText(HTMLParser):
-    # Inline tags (span, b, a, font, ...) join their text with no space: Word's HTML
-    # wraps parts of one number in different spans.
-    _BLOCKS = {"p", "div", "br", "tr", "td", "th", "li", "ul", "ol", "table", "h1", "h2",
-               "h3", "h4", "h5", "h6", "blockquote", "pre", "hr", "title", "dt", "dd"}
-    _HIDDEN = {"script", "style"}
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.out: list[str] = []
-        self.hidden = 0
-
-    def handle_starttag(self, tag: str, attrs: list) -> None:
-        if tag in self._HIDDEN:
-            self.hidden += 1
-        elif tag in self._BLOCKS:
-            self.out.append("\n")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in self._HIDDEN:
-            self.hidden = max(0, self.hidden - 1)
-        elif tag in self._BLOCKS:
-            self.out.append("\n")
-
-    def handle_data(self, data: str) -> None:
-        if not self.hidden:
-            self.out.append(data)

@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import copy
 import logging
 import multiprocessing
 import time
+from collections.abc import Iterable, Iterator
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from pathlib import Path
 
 from gateway.config import DlpConfig
-from gateway.policy.dlp.cpr import Reason, find_cpr_numbers
-from gateway.policy.dlp.extract import Gap, Limits, Where, extract
+from gateway.policy.dlp.cpr import CprMatch, CprStream, Reason
+from gateway.policy.dlp.extract import Extraction, Gap, Limits, Where, read_message, slices
+from gateway.policy.dlp.pieces import CHUNK
+from gateway.spool.body import Spooled
 
 log = logging.getLogger(__name__)
 
@@ -59,24 +62,79 @@ class ScanResult:
 
 def scan_message(data: bytes, limits: Limits | None = None) -> ScanResult:
     """Every CPR number in the message, once per number and place."""
+    return scan_pieces(slices(data), limits)
+
+
+def scan_spooled(message: Spooled, limits: Limits | None = None) -> ScanResult:
+    """`scan_message` of a message left in its spool file, read a piece at a time."""
+    return scan_pieces(_spooled_pieces(message), limits)
+
+
+def scan_pieces(pieces: Iterable[bytes], limits: Limits | None = None) -> ScanResult:
+    """`scan_message` of a message that arrives in pieces (of any size: the findings are
+    the same however it is split)."""
     started = time.perf_counter()
-    extraction = extract(data, limits)
-    seen: set[tuple[str, str, str]] = set()
-    findings = []
-    for text in extraction.texts:
-        for m in find_cpr_numbers(text.text):
-            key = (text.where, text.name, m.digits)
-            if key not in seen:
-                seen.add(key)
-                findings.append(Finding(text.where, text.name, m.masked, m.reason))
-    return ScanResult(tuple(findings), tuple(extraction.gaps), time.perf_counter() - started)
+    findings = _Findings()
+    extraction = Extraction(limits or Limits(), findings)
+    read_message(pieces, extraction)
+    return ScanResult(tuple(findings.found), tuple(extraction.gaps),
+                      time.perf_counter() - started)
 
 
-def scan_file(path: Path, limits: Limits | None = None, size: int = -1) -> ScanResult:
-    """`scan_message` of the message in a file, its first `size` bytes (-1: all), in the
-    worker process that reads it (a spool file holds its envelope after the message)."""
-    with open(path, "rb") as f:
-        return scan_message(f.read(size), limits)
+def _spooled_pieces(message: Spooled) -> Iterator[bytes]:
+    yield message.head
+    with open(message.path, "rb") as f:
+        f.seek(message.offset)
+        left = message.body_size
+        while left > 0:
+            piece = f.read(min(CHUNK, left))
+            if not piece:
+                raise OSError(f"{message.path} ended {left} bytes early")
+            left -= len(piece)
+            yield piece
+
+
+class _Findings:
+    """A Sink that runs the detector over each place's text as it streams by."""
+
+    def __init__(self) -> None:
+        self.found: list[Finding] = []
+        self._seen: set[tuple[str, str, str]] = set()
+
+    def open(self, where: Where, name: str) -> _PlaceScan:
+        return _PlaceScan(self, where, name, CprStream(), {})
+
+    def add(self, where: Where, name: str, matches: Iterable[CprMatch]) -> None:
+        for m in matches:
+            key = (where, name, m.digits)
+            if key not in self._seen:
+                self._seen.add(key)
+                self.found.append(Finding(where, name, m.masked, m.reason))
+
+
+@dataclass
+class _PlaceScan:
+    """The detector over one place's text; its numbers count once the text is kept."""
+
+    findings: _Findings
+    where: Where
+    name: str
+    stream: CprStream
+    matches: dict[str, CprMatch]  # by digits: the first of each number
+
+    def write(self, text: str) -> None:
+        for m in self.stream.feed(text):
+            self.matches.setdefault(m.digits, m)
+
+    def close(self, keep: bool = True) -> None:
+        if keep:
+            for m in self.stream.close():
+                self.matches.setdefault(m.digits, m)
+            self.findings.add(self.where, self.name, self.matches.values())
+
+    def fork(self) -> _PlaceScan:
+        return _PlaceScan(self.findings, self.where, self.name, copy.copy(self.stream),
+                          dict(self.matches))
 
 
 def limits_from(config: DlpConfig) -> Limits:
@@ -108,18 +166,15 @@ class Scanner:
         self.inline_max = inline_max
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
 
-    async def scan(self, data: bytes | Path, size: int = -1) -> ScanResult:
-        """The scan of a message in memory, or of the one in the first `size` bytes (-1:
-        all) of the file at `data`."""
+    async def scan(self, data: bytes | Spooled) -> ScanResult:
+        """The scan of a message in memory, or of one left in its spool file."""
         if isinstance(data, bytes) and len(data) <= self.inline_max:
             return await asyncio.to_thread(scan_message, data, self.limits)
         pool = self._worker_pool()
+        scan = scan_message if isinstance(data, bytes) else scan_spooled
         try:
-            if isinstance(data, bytes):
-                return await asyncio.get_running_loop().run_in_executor(
-                    pool, scan_message, data, self.limits)
             return await asyncio.get_running_loop().run_in_executor(
-                pool, scan_file, data, self.limits, size)
+                pool, scan, data, self.limits)
         except BrokenProcessPool as e:
             # A worker that died (killed, out of memory) takes the pool with it: start anew.
             log.error("the DLP scan worker died: %s", e)
