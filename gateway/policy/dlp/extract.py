@@ -52,6 +52,12 @@ _MESSAGE_TYPES = {"message/rfc822", "message/global"}
 _ENCRYPTED_TYPES = {"application/pkcs7-mime", "application/x-pkcs7-mime",
                     "application/pgp-encrypted"}
 _SNIFF = 1024  # leading bytes that tell a PDF, a ZIP archive or an OLE file
+LIGHT_HTML = 1 << 20  # bytes of HTML a light scan reads (html.parser is pure Python)
+
+
+class Heavy(Exception):
+    """A light scan met what it must not read where it runs (a PDF, an Office document or
+    a ZIP archive, or more than LIGHT_HTML bytes of HTML): scan it again elsewhere."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +101,9 @@ class Extraction:
 
     limits: Limits
     sink: Sink
+    light: bool = False  # raise Heavy rather than read documents or much HTML
     gaps: list[Gap] = field(default_factory=list)
+    html_read: int = 0
     bytes_read: int = 0
     parts: int = 0
     chars: int = 0
@@ -212,11 +220,11 @@ class _Walker:
 
     def message(self, reader: Reader, where: Where, name: str, depth: int) -> None:
         """A whole message: its subject, then its content as one entity."""
-        head = self.head(reader, name)
-        subject = rawmail.get(rawmail.parse_fields(head), "Subject")
+        fields = rawmail.parse_fields(self.head(reader, name))
+        subject = rawmail.get(fields, "Subject")
         if subject:
             self.out.add("subject" if where == "body" else where, name, subject)
-        self.entity(head, reader, where, name, depth)
+        self.entity(fields, reader, where, name, depth)
 
     def head(self, reader: Reader, name: str) -> bytes:
         head, overlong = split_head(reader)
@@ -224,17 +232,17 @@ class _Walker:
             self.out.gap("limit", name, f"a header block of more than {HEAD_MAX} bytes")
         return head
 
-    def entity(self, head: bytes | None, reader: Reader, where: Where, name: str,
-               depth: int) -> None:
-        """One entity; its header block already read (`head`), or still to be read."""
+    def entity(self, fields: list[rawmail.Field] | None, reader: Reader, where: Where,
+               name: str, depth: int) -> None:
+        """One entity; its header fields already read, or (None) still to be read."""
         out = self.out
         if depth > out.limits.max_depth:
             out.gap("limit", name, f"nested more than {out.limits.max_depth} levels deep")
             return
-        if head is None:
-            head = self.head(reader, name)
+        if fields is None:
+            fields = rawmail.parse_fields(self.head(reader, name))
         # Only the Content-* fields matter here; parsing the rest would cost for nothing.
-        headers = parse_headers(b"".join(f.raw for f in rawmail.parse_fields(head)
+        headers = parse_headers(b"".join(f.raw for f in fields
                                          if f.name.lower().startswith("content-")))
         ctype = headers.get_content_type()
         filename = _filename(headers)
@@ -279,6 +287,8 @@ class _Walker:
             self.text(pieces, charset, "flowed" if flowed else "plain", where, name)
         else:
             first, rest = first_bytes(pieces, _SNIFF)
+            if out.light and (documents.is_pdf(first) or documents.is_zip(first)):
+                raise Heavy(f"{name or 'the message'} holds a document")
             if documents.is_pdf(first):
                 with spilled(first, rest) as file:
                     self.pdf(file, where, name)
@@ -296,8 +306,14 @@ class _Walker:
 
     def text(self, pieces: Iterable[bytes], charset: str | None, kind: Kind, where: Where,
              name: str) -> None:
-        part = TextPart(self.out.open(where, name), charset, kind)
+        out = self.out
+        part = TextPart(out.open(where, name), charset, kind)
         for piece in pieces:
+            if kind == "html" and out.light:
+                out.html_read += len(piece)
+                if out.html_read > LIGHT_HTML:
+                    raise Heavy(f"{name or 'the message'} holds more than {LIGHT_HTML} "
+                                "bytes of HTML")
             part.feed(piece)
         part.close()
 

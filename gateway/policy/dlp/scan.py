@@ -1,16 +1,20 @@
-"""Scan one message for CPR numbers, off the event loop: extraction, then the detector.
+"""Scan one message for CPR numbers without stalling the event loop: extraction, then
+the detector, over the message in pieces.
 
-Small messages are scanned in a worker thread (cheap, no copying); larger ones in a
-worker process, so a 40 MB PDF never holds the daemon's interpreter lock while other SMTP
+Where it runs (`Scanner`): small mail without documents on the loop (cheaper than a
+thread hop), other mail up to 256 KiB in a thread, larger mail in pieces in a thread as
+long as it is text, and mail with documents (PDF, Office, ZIP) or much HTML in a worker
+process, so a 40 MB PDF never holds the daemon's interpreter lock while other SMTP
 sessions, deliveries and the HTTP API wait. A message left in its spool file is read
-there by the worker process itself, so the daemon never holds it. The worker holds no
-state: every process of the daemon may have its own.
+there a piece at a time, never whole. The scan holds no state: every process of the
+daemon may have its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import copy
 import logging
 import multiprocessing
@@ -21,12 +25,13 @@ from dataclasses import dataclass
 
 from gateway.config import DlpConfig
 from gateway.policy.dlp.cpr import CprMatch, CprStream, Reason
-from gateway.policy.dlp.extract import Extraction, Gap, Limits, Where, read_message, slices
+from gateway.policy.dlp.extract import Extraction, Gap, Heavy, Limits, Where, read_message, slices
 from gateway.policy.dlp.pieces import CHUNK
 from gateway.spool.body import Spooled
 
 log = logging.getLogger(__name__)
 
+LOOP_MAX = 16 * 1024  # bytes: up to this, a message without documents is scanned on the loop
 INLINE_MAX = 256 * 1024  # bytes: up to this size a message is scanned in a thread
 
 
@@ -60,22 +65,26 @@ class ScanResult:
         return tuple(dict.fromkeys(f.place for f in self.findings))
 
 
-def scan_message(data: bytes, limits: Limits | None = None) -> ScanResult:
-    """Every CPR number in the message, once per number and place."""
-    return scan_pieces(slices(data), limits)
+def scan_message(data: bytes, limits: Limits | None = None,
+                 light: bool = False) -> ScanResult:
+    """Every CPR number in the message, once per number and place. Light: raise Heavy
+    rather than read a document or much HTML."""
+    return scan_pieces(slices(data), limits, light)
 
 
-def scan_spooled(message: Spooled, limits: Limits | None = None) -> ScanResult:
+def scan_spooled(message: Spooled, limits: Limits | None = None,
+                 light: bool = False) -> ScanResult:
     """`scan_message` of a message left in its spool file, read a piece at a time."""
-    return scan_pieces(_spooled_pieces(message), limits)
+    return scan_pieces(_spooled_pieces(message), limits, light)
 
 
-def scan_pieces(pieces: Iterable[bytes], limits: Limits | None = None) -> ScanResult:
+def scan_pieces(pieces: Iterable[bytes], limits: Limits | None = None,
+                light: bool = False) -> ScanResult:
     """`scan_message` of a message that arrives in pieces (of any size: the findings are
     the same however it is split)."""
     started = time.perf_counter()
     findings = _Findings()
-    extraction = Extraction(limits or Limits(), findings)
+    extraction = Extraction(limits or Limits(), findings, light)
     read_message(pieces, extraction)
     return ScanResult(tuple(findings.found), tuple(extraction.gaps),
                       time.perf_counter() - started)
@@ -157,21 +166,35 @@ class ScanFailed(Exception):
 
 
 class Scanner:
-    """Runs `scan_message` without blocking the event loop."""
+    """Runs the scan where it costs least without stalling the event loop.
+
+    Small mail without documents is scanned on the loop itself: a thread hop costs more
+    CPU than the scan. Mail up to `inline_max` is otherwise scanned in a thread. Larger
+    mail is read in pieces in a thread as long as it is text; one holding a document
+    (PDF, Office, ZIP) or much HTML is scanned in a worker process instead, started for
+    the first such message, so pure-Python parsing never holds the daemon's interpreter
+    lock for long.
+    """
 
     def __init__(self, limits: Limits | None = None, workers: int = 1,
-                 inline_max: int = INLINE_MAX) -> None:
+                 inline_max: int = INLINE_MAX, loop_max: int = LOOP_MAX) -> None:
         self.limits = limits or Limits()
         self.workers = workers
         self.inline_max = inline_max
+        self.loop_max = loop_max
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
 
     async def scan(self, data: bytes | Spooled) -> ScanResult:
         """The scan of a message in memory, or of one left in its spool file."""
-        if isinstance(data, bytes) and len(data) <= self.inline_max:
-            return await asyncio.to_thread(scan_message, data, self.limits)
-        pool = self._worker_pool()
+        if isinstance(data, bytes) and len(data) <= self.loop_max:
+            with contextlib.suppress(Heavy):
+                return scan_message(data, self.limits, light=True)
         scan = scan_message if isinstance(data, bytes) else scan_spooled
+        if isinstance(data, bytes) and len(data) <= self.inline_max:
+            return await asyncio.to_thread(scan, data, self.limits)
+        with contextlib.suppress(Heavy):
+            return await asyncio.to_thread(scan, data, self.limits, True)
+        pool = self._worker_pool()
         try:
             return await asyncio.get_running_loop().run_in_executor(
                 pool, scan, data, self.limits)

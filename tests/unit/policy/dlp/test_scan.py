@@ -1,14 +1,19 @@
-"""The scan off the event loop: a thread for small mail, a worker process for large mail."""
+"""Where the scan runs: small text on the loop, small mail with documents in a thread,
+large text in pieces in a thread, large mail with documents in a worker process."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import multiprocessing
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
 from gateway.policy.dlp.scan import ScanFailed, Scanner, describe_places, scan_message
+from gateway.spool.body import open_spooled
 from tests.support import documents as d
 
 MESSAGE = d.mail("x" * 2000 + "\nBente 010190-1230",
@@ -38,6 +43,51 @@ async def test_a_dead_worker_fails_the_scan_and_the_next_one_starts_anew():
         with pytest.raises(ScanFailed):
             await scanner.scan(MESSAGE)
         assert len((await scanner.scan(MESSAGE)).findings) == 2
+    finally:
+        scanner.close()
+
+
+class CountingExecutor(concurrent.futures.ThreadPoolExecutor):
+    """The loop's default executor, counting the hops to a thread."""
+
+    hops = 0
+
+    def submit(self, *args, **kwargs):
+        self.hops += 1
+        return super().submit(*args, **kwargs)
+
+
+async def hops_and_findings(scanner: Scanner, data) -> tuple[int, list[str]]:
+    executor = CountingExecutor(2)
+    asyncio.get_running_loop().set_default_executor(executor)
+    result = await scanner.scan(data)
+    return executor.hops, [f.masked for f in result.findings]
+
+
+async def test_small_text_is_scanned_on_the_loop_and_documents_in_a_thread():
+    scanner, before = Scanner(), set(multiprocessing.active_children())
+    text = d.mail("Bente 010190-1230", html="<p>Ole 220910-1230</p>")
+    assert await hops_and_findings(scanner, text) == (0, ["010190-XXXX", "220910-XXXX"])
+    assert await hops_and_findings(scanner, MESSAGE) == (1, ["010190-XXXX", "220910-XXXX"])
+    assert not set(multiprocessing.active_children()) - before
+
+
+async def test_large_text_is_read_in_pieces_in_a_thread_and_documents_in_a_process(
+        tmp_path: Path):
+    scanner = Scanner(inline_max=1000, loop_max=1000)
+    before = set(multiprocessing.active_children())
+    try:
+        path = tmp_path / "text.eml"
+        path.write_bytes(d.mail("Bente 010190-1230 " + "Hej igen. " * 200_000))
+        spooled = open_spooled(path)
+        assert spooled is not None and len(spooled) > 1_000_000
+        assert await hops_and_findings(scanner, spooled) == (1, ["010190-XXXX"])
+        assert not set(multiprocessing.active_children()) - before  # no process for text
+        path = tmp_path / "pdf.eml"
+        path.write_bytes(MESSAGE)
+        spooled = open_spooled(path)
+        assert await hops_and_findings(scanner, spooled) == (1, ["010190-XXXX", "220910-XXXX"])
+        assert set(multiprocessing.active_children()) - before  # the PDF: a worker process
     finally:
         scanner.close()
 
