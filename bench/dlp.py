@@ -88,7 +88,8 @@ SMALL = documents.mail("Kære Henrik\n\nTak for din henvendelse. Ja, vi sørger 
 
 
 def step_cost(count: int = 5000) -> None:
-    """CPU the daemon spends on the DLP step of one small untagged mail, thread hop included."""
+    """CPU the daemon spends on the DLP step of one small untagged mail, as `Scanner` runs it
+    (on the event loop: small text needs no thread hop)."""
     scanner = Scanner()
 
     async def run() -> None:
@@ -99,7 +100,7 @@ def step_cost(count: int = 5000) -> None:
     started = time.process_time()
     asyncio.run(run())
     per_message = (time.process_time() - started) / count * 1e6
-    print(f"DLP step for a small untagged mail ({len(SMALL)} bytes, in a worker thread): "
+    print(f"DLP step for a small untagged mail ({len(SMALL)} bytes, on the event loop): "
           f"{per_message:.0f} µs CPU per message")
 
 
