@@ -215,3 +215,11 @@ def test_nesting_past_the_limit_is_a_gap():
     assert places(message, Limits(max_depth=3)) == []
     assert gaps(message, Limits(max_depth=3))[0][0] == "limit"
     assert len(places(message)) == 1
+
+
+def test_a_charset_that_is_no_text_encoding_is_read_as_undeclared_text():
+    # Python knows "base64" as a codec, but not as a text encoding: once, the scan failed.
+    message = (b"Subject: x\r\nContent-Type: text/plain; charset=base64\r\n\r\n"
+               b"Bente 010190-1230 har s\xc3\xa5r\r\n")
+    assert places(message) == [("body", "", "010190-XXXX")]
+    assert "sår" in texts(message)
