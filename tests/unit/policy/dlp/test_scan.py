@@ -92,6 +92,20 @@ async def test_large_text_is_read_in_pieces_in_a_thread_and_documents_in_a_proce
         scanner.close()
 
 
+async def test_a_spooled_message_is_read_only_to_where_its_body_ends(tmp_path: Path):
+    # A spool file holds the message's envelope after it: that is never scanned.
+    path = tmp_path / "m.msg"
+    message = d.mail("Bente 010190-1230 " + "Hej igen. " * 50_000)
+    path.write_bytes(message + b'{"note": "Ole 220910-1230"}')
+    spooled = open_spooled(path, len(message))
+    assert spooled is not None
+    scanner = Scanner(inline_max=1000, loop_max=1000)
+    try:
+        assert [f.masked for f in (await scanner.scan(spooled)).findings] == ["010190-XXXX"]
+    finally:
+        scanner.close()
+
+
 def test_places_are_described_without_numbers():
     assert describe_places((("subject", ""), ("attachment", "a.pdf"), ("attachment", ""))) == (
         "the subject, the attachment a.pdf and an unnamed attachment")
