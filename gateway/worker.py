@@ -23,6 +23,7 @@ from gateway.cluster import open_database
 from gateway.config import Config
 from gateway.control import Request, serve_worker_end
 from gateway.edge.counts import SharedCounts
+from gateway.observe import maillog
 from gateway.signals import DaemonSignals
 from gateway.spool import admin
 from gateway.spool.partitions import partition_dir
@@ -45,6 +46,7 @@ async def run(config: Config, index: int, workers: int, control_fd: int, counts_
               parent: int) -> int:
     """Run worker `index` of `workers` until SIGTERM or until the supervisor is gone."""
     die_with_parent(parent)
+    maillog.per_turn(asyncio.get_running_loop())  # at exit logging writes what waits
     signals = DaemonSignals(asyncio.get_running_loop())
     database = open_database(config)
     loaded = await load_policy(config, database=database)
@@ -73,4 +75,5 @@ async def run(config: Config, index: int, workers: int, control_fd: int, counts_
     reloads.cancel()
     await gateway.stop()
     channel.cancel()
+    maillog.per_turn(None)
     return 0

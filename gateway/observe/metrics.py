@@ -6,7 +6,16 @@ update them where the events happen.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import os
+
+from prometheus_client import Counter, Gauge, Histogram, values
+
+from gateway.observe import pid
+
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    # The values prometheus-client would choose (gateway/observe/multiprocess.py), asking
+    # `observe.pid` instead of getpid() on every update whether the process has forked.
+    values.ValueClass = values.MultiProcessValue(process_identifier=pid.current)
 
 messages_received = Counter(
     "sendsikkert_messages_received_total",

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -179,3 +182,89 @@ def test_nothing_is_built_when_the_level_is_off(captured: Captured):
     finally:
         logging.getLogger("gateway.mail").setLevel(logging.NOTSET)
     assert captured.text == ""
+
+
+class Writes(io.StringIO):
+    """A stream that keeps each write apart, as a pipe's reader would see them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+@contextmanager
+def turn_handler(stream: Writes) -> Iterator[maillog.TurnHandler]:
+    handler = maillog.TurnHandler(stream)
+    handler.setFormatter(maillog.TextFormatter())
+    logger = logging.getLogger("gateway")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def queue_ids(text: str) -> list[str]:
+    return [str(line["queue_id"]) for line in records(text, "text") if "queue_id" in line]
+
+
+async def test_one_loop_turn_is_one_write_in_order():
+    stream = Writes()
+    with turn_handler(stream) as handler:
+        handler.per_turn(asyncio.get_running_loop())
+        emit_road()
+        assert stream.writes == []  # not before the turn ends
+        await asyncio.sleep(0)
+        assert len(stream.writes) == 1 and len(records(stream.getvalue(), "text")) == 6
+        maillog.removed("0D1E2F")
+        # A thread's line writes what the loop's turn logged first.
+        await asyncio.to_thread(maillog.removed, "0F1F2F")
+        assert queue_ids(stream.writes[-1]) == ["0D1E2F", "0F1F2F"]
+        await asyncio.sleep(0)
+        handler.per_turn(None)
+        maillog.removed("1A1B1C")  # once the loop is done with, each line at once
+        assert queue_ids(stream.writes[-1]) == ["1A1B1C"]
+    assert queue_ids(stream.getvalue()) == ["0A1B2C"] * 6 + ["0D1E2F", "0F1F2F", "1A1B1C"]
+
+
+async def test_a_long_turn_writes_whole_lines_of_at_most_pipe_buf():
+    stream = Writes()
+    with turn_handler(stream) as handler:
+        handler.per_turn(asyncio.get_running_loop())
+        for n in range(200):
+            maillog.reject(client="10.0.0.5", sender=f"lela{n}@brondby.dk",
+                           recipient="æøå@brøndby.dk", reply="554 5.7.1 Relaying denied")
+        maillog.reject(client="10.0.0.5", sender="x" * 5000 + "@brondby.dk", recipient="",
+                       reply="553 5.1.7 Sender address is not a valid mailbox")
+        await asyncio.sleep(0)
+        handler.per_turn(None)
+    assert len(records(stream.getvalue(), "text")) == 201
+    assert len(stream.writes) > 10
+    for text in stream.writes:
+        assert text.endswith("\n")
+        assert len(text.encode()) <= maillog.PIPE_BUF or text.count("\n") == 1
+
+
+def test_what_a_turn_logged_is_written_when_the_process_exits(tmp_path):
+    """An exception that ends the daemon inside a turn still leaves its lines."""
+    script = (
+        "import asyncio\n"
+        "from gateway.observe import maillog\n"
+        "async def main():\n"
+        "    maillog.per_turn(asyncio.get_running_loop())\n"
+        "    maillog.removed('0A1B2C')\n"
+        "    maillog.removed('0D1E2F')\n"
+        "    raise SystemExit(3)\n"
+        "maillog.setup('text')\n"
+        "asyncio.run(main())\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+    assert done.returncode == 3
+    assert queue_ids(done.stderr) == ["0A1B2C", "0D1E2F"]
