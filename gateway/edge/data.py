@@ -19,12 +19,14 @@ match or the DATA command: there the first bytes are looked at one by one.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 LINE_LIMIT = 1001  # octets of one line with its CRLF: aiosmtpd's line_length_limit
 _MATCH = b"\n.\r\n"
 _DOT_LINE = b"\r\n."
+_DOT_LINE_SEARCH = re.compile(re.escape(_DOT_LINE)).search  # sre finds it faster than `in`
 
 
 @dataclass
@@ -70,28 +72,30 @@ class DataChecks:
         self._lf += raw.count(b"\n")
         self._crlf += raw.count(b"\r\n") + (self._counted == b"\r" and raw[:1] == b"\n")
         self._counted = raw[-1:]
-        if _DOT_LINE in raw or b"." in raw[:2]:  # dot-stuffed lines, maybe across chunks
+        if b"." in raw[:2] or _DOT_LINE_SEARCH(raw):  # dot-stuffed lines, maybe across chunks
             raw = (before + raw).replace(_DOT_LINE, b"\r\n")[2:]
         self.size += len(raw)
         return b"" if self.too_long else raw
 
     def _check_lines(self, raw: bytes) -> None:
-        """Every line at most LINE_LIMIT octets with its CRLF, across chunks too."""
-        if self._line + len(raw) < LINE_LIMIT:  # no line in it can be too long
-            end = raw.rfind(b"\n")
-            self._line = self._line + len(raw) if end < 0 else len(raw) - end - 1
-            return
-        lines = raw.split(b"\n")
-        if len(lines) == 1:
-            self._line += len(raw)
-        else:
-            # A line here holds its CR; +1 for the LF.
-            ended = max(self._line + len(lines[0]), max(map(len, lines[1:-1]), default=0))
-            self._line = len(lines[-1])
-            if ended + 1 > LINE_LIMIT:
+        """Every line at most LINE_LIMIT octets with its CRLF, across chunks too.
+
+        Not line by line: from the end of each line it looks for the last LF within the
+        next LINE_LIMIT octets, so a 5 KB chunk costs a few searches in C, not a split.
+        """
+        end = len(raw)
+        prev = -1 - self._line  # just before the line in progress began
+        while True:
+            stop = prev + 1 + LINE_LIMIT  # that line's LF must come before this
+            if stop > end:  # what is left is shorter than a line may be
+                last = raw.rfind(b"\n", max(prev + 1, 0))
+                self._line = end - (prev if last < 0 else last) - 1
+                return
+            last = raw.rfind(b"\n", max(prev + 1, 0), stop)
+            if last < 0:
                 self.too_long = True
-        if self._line + 1 > LINE_LIMIT:  # the line in progress is too long already
-            self.too_long = True
+                return
+            prev = last
 
 
 Write = Callable[[bytes], Awaitable[None]]

@@ -37,6 +37,7 @@ from gateway.edge.proxy import Peer, ProxyPolicy, ProxyRefused, client_address
 from gateway.observe import metrics
 
 log = logging.getLogger(__name__)
+_MAIL_LOG = logging.getLogger("mail.log")  # aiosmtpd's own logger
 
 _PARAM = re.compile(r"\s+([A-Za-z0-9-]+)(?:=(\S*))?")
 _XTEXT = re.compile(r"(?:[!-*,-<>-~]|\+[0-9A-F]{2})*")
@@ -167,6 +168,8 @@ class GatewaySMTP(SMTP):
         self.proxied_peer: Peer | None = None  # the client a PROXY header named
         self._awaiting_header = False
         self._proxy_refusal = ""
+        self._idle_deadline = 0.0  # loop time past which the session is idle
+        self._timer_at: float | None = None  # when the idle timer is set for, if it is
         super().__init__(handler, *args, **kwargs)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -254,12 +257,49 @@ class GatewaySMTP(SMTP):
         self._reset_timeout(self._proxy_timeout if self._awaiting_header else None)
         super().data_received(data)
 
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """aiosmtpd's idle timer, moved without a new timer for every command and read.
+
+        aiosmtpd cancels its timer and starts another each time; here the deadline moves
+        and the one timer, when it fires before the deadline, waits for what is left.
+        """
+        deadline = self.loop.time() + (duration or self._timeout_duration)
+        self._idle_deadline = deadline
+        handle = self._timeout_handle
+        if (handle is None or self._timer_at is None or deadline < self._timer_at
+                or handle.cancelled()):
+            if handle is not None:
+                handle.cancel()
+            self._arm_timer(deadline)
+
+    def _arm_timer(self, when: float) -> None:
+        self._timer_at = when
+        self._timeout_handle = self.loop.call_at(when, self._idle_check)
+
+    def _idle_check(self) -> None:
+        if self.loop.time() < self._idle_deadline:  # something came since it was set
+            self._arm_timer(self._idle_deadline)
+            return
+        self._timer_at = None
+        self._timeout_cb()
+
     def _timeout_cb(self) -> None:
         if (self.transport is not None and not self.transport.is_closing()
                 and not self._awaiting_header):
             cast(asyncio.WriteTransport, self.transport).write(
                 IDLE.format(host=self.hostname).encode("ascii") + b"\r\n")
         super()._timeout_cb()
+
+    async def push(self, status: str | bytes) -> None:
+        """aiosmtpd's push, waiting for the client only when the reply could not be sent
+        at once (its drain, two coroutines deep, would return at once anyway)."""
+        if isinstance(status, str):
+            status = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
+        self._writer.write(status + b"\r\n")
+        if _MAIL_LOG.isEnabledFor(logging.DEBUG):
+            _MAIL_LOG.debug("%r << %r", self.session and self.session.peer, status)
+        if self.transport is None or self.transport.get_write_buffer_size():
+            await self._writer.drain()
 
     async def handle_exception(self, error: Exception) -> str:
         """A failed TLS handshake is one line in the log; anything else is a bug."""

@@ -126,3 +126,16 @@ async def test_line_length_across_chunks(length, too_long):
     for cuts in ([], [3, 500, 999, 1000, 1001, 1002]):
         _, checks, rest = await chunked(stream + AFTER, cuts, 64)
         assert checks.too_long == too_long and rest == AFTER
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2100), st.sampled_from([b"\r\n", b"\n", b"\r"])),
+                max_size=8),
+       st.lists(st.integers(0, 9000), max_size=12),
+       st.sampled_from([64, 1000, 1 << 16]))
+async def test_any_split_finds_the_lines_too_long(lines, cuts, limit):
+    """Line lengths as a line-by-line reader counts them: raw octets to each LF, +1."""
+    body = b"".join(b"y" * length + end for length, end in lines) + b"\r\n"
+    longest = max(len(line) + 1 for line in body.split(b"\n")[:-1])
+    _, checks, rest = await chunked(body + b".\r\n" + AFTER, cuts, limit)
+    assert checks.too_long == (longest > LINE_LIMIT) and rest == AFTER
