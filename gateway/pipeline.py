@@ -13,11 +13,13 @@ verified and only ever to `routes.internal`, never tagged, never scanned.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from email.utils import getaddresses
+from typing import Any
 
 from cryptography import x509
 
@@ -172,8 +174,7 @@ class Pipeline:
         """Deliver the jobs, then report and record what became of every due recipient.
 
         `head` is the message, or at least its header block: all a DSN quotes of it."""
-        outcomes = await asyncio.gather(*(self._deliver(env, job, notices) for job in jobs),
-                                        return_exceptions=True)
+        outcomes = await _each([self._deliver(env, job, notices) for job in jobs])
         for job, outcome in zip(jobs, outcomes, strict=True):
             if isinstance(outcome, SpoolReadError):
                 log.error("%s: delivery via %s stopped: %s; deferring", env.id, job.route,
@@ -399,7 +400,7 @@ class Pipeline:
 
     async def _deliver(self, env: Envelope, job: Job, notices: list[Notice]) -> None:
         started = time.perf_counter()
-        route: Route = parse_route(job.route)
+        route: Route = _route(job.route)
         label = "plain" if job.cls == RecipientClass.PLAIN else str(job.cls)
         # One RCPT per address, though a routed reply and a direct copy may share one.
         rcpts = list({a: Rcpt(a, r.notify, r.orcpt)
@@ -407,9 +408,9 @@ class Pipeline:
         result = await self.transport.deliver(
             route, domain_of(job.recipients[0].address), env.sender, rcpts, job.data, job.tls,
             queue_id=env.id, ret=env.ret, envid=env.envid, smtputf8=env.smtputf8)
-        metrics.delivery_seconds.labels(route=label).observe(time.perf_counter() - started)
+        metrics.child(metrics.delivery_seconds, label).observe(time.perf_counter() - started)
         if result.tls_failure:
-            metrics.tls_failures.labels(route=label).inc()
+            metrics.child(metrics.tls_failures, label).inc()
         for r in job.recipients:
             reply = (result.replies.get(job.addresses(r)[0])
                      or Reply(451, "4.3.0", "no reply recorded"))
@@ -417,7 +418,7 @@ class Pipeline:
                 r.state, r.last_error, r.status = State.DELIVERED, "", "2.0.0"
                 r.attempts += 1
                 r.diagnostic = _diagnostic(reply)
-                metrics.recipients.labels(**{"class": label, "outcome": "delivered"}).inc()
+                metrics.child(metrics.recipients, label, "delivered").inc()
                 self._log("delivered", env, r, reply, result)
                 if r.wants("SUCCESS") and r.address not in result.dsn_relayed:
                     # RFC 3461 6.2: a next hop without DSN cannot confirm; say so ourselves.
@@ -438,7 +439,7 @@ class Pipeline:
         r.state, r.last_error, r.status = State.DEFERRED, str(reply), reply.status
         r.attempts += 1
         label = r.cls or "plain"
-        metrics.recipients.labels(**{"class": label, "outcome": "deferred"}).inc()
+        metrics.child(metrics.recipients, label, "deferred").inc()
         self._log("deferred", env, r, reply, hop)
 
     def _bounce(self, env: Envelope, r: RecipientState, status: str, reason: str, kind: str,
@@ -448,7 +449,7 @@ class Pipeline:
         r.state, r.status, r.last_error = State.BOUNCED, status, reason
         r.attempts += 1
         r.diagnostic = _diagnostic(reply) if reply else f"x-send-sikkert; {reason}"
-        metrics.recipients.labels(**{"class": r.cls or "plain", "outcome": "bounced"}).inc()
+        metrics.child(metrics.recipients, r.cls or "plain", "bounced").inc()
         self._log("bounced", env, r, reply or Reply(550, status, reason), hop)
         return Notice(address=r.address, orcpt=r.orcpt, action="failed", status=status,
                       diagnostic=r.diagnostic, kind=kind, found_in=found_in)
@@ -516,6 +517,27 @@ class Pipeline:
                 r.state, r.last_error = State.DEFERRED, "the bounce could not be queued"
             elif n.action == "delayed":
                 r.delay_warned = False
+
+
+async def _each(calls: list[Coroutine[Any, Any, None]]) -> list[BaseException | None]:
+    """`asyncio.gather(*calls, return_exceptions=True)`, without a task for a lone call:
+    most messages have one next hop, and a task costs a turn of the loop."""
+    if len(calls) != 1:
+        return await asyncio.gather(*calls, return_exceptions=True)
+    try:
+        await calls[0]
+    except asyncio.CancelledError as e:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():  # the attempt itself is cancelled
+            raise
+        return [e]
+    except Exception as e:
+        return [e]
+    return [None]
+
+
+# Routes come from the configuration: a few strings, parsed once each.
+_route = functools.lru_cache(maxsize=64)(parse_route)
 
 
 def tunnel_levels(config: Config) -> dict[str, TlsPolicy]:

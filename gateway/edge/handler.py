@@ -184,7 +184,7 @@ class Handler:
         fields, _ = rawmail.split(head)
         tagging = read_tags(fields, self.tags)
         tagged = tagging.tagged and not queued.from_outside  # outsiders never tag
-        metrics.messages_received.labels(tagged=str(tagged).lower()).inc()
+        metrics.child(metrics.messages_received, "true" if tagged else "false").inc()
         department = (resolve_department(tagging, sender, self.departments)
                       if tagged else None)
         message_id = (rawmail.get(fields, "Message-ID") or "").strip()

@@ -7,8 +7,10 @@ update them where the events happen.
 from __future__ import annotations
 
 import os
+from typing import TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram, values
+from prometheus_client.metrics import MetricWrapperBase
 
 from gateway.observe import pid
 
@@ -16,6 +18,21 @@ if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     # The values prometheus-client would choose (gateway/observe/multiprocess.py), asking
     # `observe.pid` instead of getpid() on every update whether the process has forked.
     values.ValueClass = values.MultiProcessValue(process_identifier=pid.current)
+
+_Metric = TypeVar("_Metric", bound=MetricWrapperBase)
+_children: dict[tuple[MetricWrapperBase, tuple[str, ...]], MetricWrapperBase] = {}
+
+
+def child(metric: _Metric, *values: str) -> _Metric:
+    """`metric.labels(*values)` (in the order of its label names), looked up once.
+
+    labels() checks the names and takes a lock on every call, about 10 µs, several
+    times per message; the child it returns for the same values is always the same.
+    """
+    found = _children.get((metric, values))
+    if found is None:
+        found = _children[(metric, values)] = metric.labels(*values)
+    return found  # type: ignore[return-value]
 
 messages_received = Counter(
     "sendsikkert_messages_received_total",

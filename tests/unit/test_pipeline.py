@@ -121,6 +121,55 @@ async def test_one_hop_failing_unexpectedly_defers_its_recipients_only(tmp_path)
     assert len(queued) == 1  # the DSN for y@b.dk
 
 
+class Failing:
+    """One next hop whose delivery ends in an error, or in a cancellation of its own (a
+    session the connection cache closed under it), not of the attempt."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    async def deliver(self, route, domain, sender, rcpts, data, tls, **kw) -> Result:
+        await asyncio.sleep(0)
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [RuntimeError("a bug in this hop's delivery"),
+                                   asyncio.CancelledError()])
+async def test_the_only_hop_failing_unexpectedly_defers(tmp_path, error):
+    spool = Spool(tmp_path)
+    spool.prepare()
+    env = Envelope(id=new_id(), sender="a@brondby.dk", received=time.time(),
+                   recipients=[RecipientState("x@a.dk"), RecipientState("y@a.dk")])
+    await spool.put(env, MESSAGE)
+    policy = Policy(Classifier(("brondby.dk",), SepoList(frozenset(), tmp_path), None), ())
+    await Pipeline(load(DEMO), spool, policy, Failing(error), lambda dsn: None).attempt(env)
+    assert [r.state for r in env.recipients] == [State.DEFERRED, State.DEFERRED]
+    assert env.recipients[0].last_error.startswith("451 4.3.0")
+
+
+class Stuck:
+    """A next hop that never answers."""
+
+    async def deliver(self, route, domain, sender, rcpts, data, tls, **kw) -> Result:
+        await asyncio.sleep(30)
+        raise AssertionError("not cancelled")
+
+
+async def test_a_cancelled_attempt_stays_cancelled(tmp_path):
+    spool = Spool(tmp_path)
+    spool.prepare()
+    env = Envelope(id=new_id(), sender="a@brondby.dk", received=time.time(),
+                   recipients=[RecipientState("x@a.dk")])
+    await spool.put(env, MESSAGE)
+    policy = Policy(Classifier(("brondby.dk",), SepoList(frozenset(), tmp_path), None), ())
+    attempt = asyncio.create_task(
+        Pipeline(load(DEMO), spool, policy, Stuck(), lambda dsn: None).attempt(env))
+    await asyncio.sleep(0.1)
+    attempt.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await attempt
+
+
 class Recording:
     """A next hop (our Transport seam) that accepts everything, noting the TLS level and
     what it was given."""

@@ -36,3 +36,12 @@ def test_a_forked_process_writes_its_own_values(tmp_path: Path):
     text = done.stdout
     assert 'sendsikkert_messages_received_total{tagged="false"} 4.0' in text
     assert "sendsikkert_spool_write_seconds_count 2.0" in text
+
+
+def test_a_child_is_looked_up_once_and_is_the_labelled_one():
+    from gateway.observe import metrics
+
+    found = metrics.child(metrics.recipients, "plain", "delivered")
+    assert found is metrics.recipients.labels(**{"class": "plain", "outcome": "delivered"})
+    assert metrics.child(metrics.recipients, "plain", "delivered") is found
+    assert metrics.child(metrics.recipients, "plain", "deferred") is not found
