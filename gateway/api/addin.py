@@ -10,6 +10,7 @@ API client), cpr.js and addin/onsend.js, joined.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 
@@ -70,9 +71,15 @@ def launch_settings(config: Config) -> dict[str, object]:
 
 async def launch_script(request: web.Request) -> web.Response:
     config = _addin_config(request)
-    parts = [f"var SEND_SIKKERT_CONFIG = {json.dumps(launch_settings(config))};\n"]
-    parts += [(STATIC / name).read_text(encoding="utf-8") for name in LAUNCH_PARTS]
-    return generated_response(request, "\n".join(parts).encode("utf-8"), CONTENT_TYPES[".js"])
+    settings = f"var SEND_SIKKERT_CONFIG = {json.dumps(launch_settings(config))};\n"
+    body = "\n".join((settings, _launch_code())).encode("utf-8")
+    return generated_response(request, body, CONTENT_TYPES[".js"])
+
+
+@functools.cache
+def _launch_code() -> str:
+    """The scripts after the settings: files of the package, read once, not per request."""
+    return "\n".join((STATIC / name).read_text(encoding="utf-8") for name in LAUNCH_PARTS)
 
 
 async def addin_file(request: web.Request) -> web.FileResponse:
