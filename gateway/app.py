@@ -140,11 +140,16 @@ async def switch_policy(old: LoadedPolicy, new: LoadedPolicy) -> None:
     """After a good reload: start the new policy's directory, close the old one's parts."""
     if new.directory is not None:
         await new.directory.start()
-    if old.directory is not None:
-        await old.directory.close()
-    if old.policy.replies is not None:
-        await old.policy.replies.close()
+    await close_policy(old)
     report_policy(new)
+
+
+async def close_policy(loaded: LoadedPolicy) -> None:
+    """Close a policy's directory and reply map: one replaced, or one a reload refused."""
+    if loaded.directory is not None:
+        await loaded.directory.close()
+    if loaded.policy.replies is not None:
+        await loaded.policy.replies.close()
 
 
 def report_policy(loaded: LoadedPolicy) -> None:

@@ -30,6 +30,7 @@ from gateway.api.http import make_app
 from gateway.api.tls import HttpsContext, https_context
 from gateway.app import (
     LoadedPolicy,
+    close_policy,
     load_policy,
     report_policy,
     switch_policy,
@@ -279,12 +280,16 @@ class Supervisor:
         try:
             config = await asyncio.to_thread(load, self.config.path)
             loaded = await load_policy(config, database=self.database)
+        except ConfigError as e:
+            _refused(e)
+            return
+        try:
             if self.https is not None and config.http.tls is not None:
                 # On the loop's own thread: handshakes use this context meanwhile.
                 self.https.reload(config.http.tls.cert, config.http.tls.key)
         except ConfigError as e:
-            metrics.last_reload_successful.labels(source="configuration").set(0)
-            log.error("reload refused, keeping the running configuration: %s", e)
+            await close_policy(loaded)  # never started; its connections would leak
+            _refused(e)
             return
         if (config.http.tls is None) != (self.config.http.tls is None):
             log.warning("http.tls switched on or off: it takes effect after a restart")
@@ -357,3 +362,8 @@ async def serve(config: Config, argv: list[str]) -> int:
     reloads.cancel()
     await supervisor.stop()
     return 0
+
+
+def _refused(error: ConfigError) -> None:
+    metrics.last_reload_successful.labels(source="configuration").set(0)
+    log.error("reload refused, keeping the running configuration: %s", error)
