@@ -225,8 +225,12 @@ class GroupCommit:
                     if write.fd < 0 and self.free:
                         write.free = self.free.pop()
                 keep = max(0, FREE_MAX - len(self.free))
-                failures, finish_error, freed = await asyncio.to_thread(
-                    _commit, self.path, writes, finishes, keep)
+                try:
+                    failures, finish_error, freed = await asyncio.to_thread(
+                        _commit, self.path, writes, finishes, keep)
+                except Exception as e:  # unforeseen: no 250, and nobody waits forever
+                    error = e if isinstance(e, OSError) else OSError(f"spool commit: {e!r}")
+                    failures, finish_error, freed = [error] * len(writes), error, []
                 self.free += freed
                 for write, failure in zip(writes, failures, strict=True):
                     if failure is None:
@@ -284,12 +288,14 @@ def _commit(folder: Path, writes: list[_Write], finishes: list[_Finish],
         except OSError as e:
             failures[i] = e
         if fd >= 0:
-            os.close(fd)
+            with contextlib.suppress(OSError):  # fsynced or failed already: nothing to add
+                os.close(fd)
         if failures[i] is not None:
             # A full disk leaves nothing half-written behind.
             for left in (write.free, path):
                 if left is not None:
-                    left.unlink(missing_ok=True)
+                    with contextlib.suppress(OSError):
+                        left.unlink(missing_ok=True)
     try:
         fsync_dir(folder)
     except OSError as e:  # nothing in the round is durable
@@ -530,7 +536,9 @@ class Spool:
             await self._commit.put(write)
         except OSError as e:
             # No 250 will be given: take the message back out, the client sends it again.
-            await asyncio.to_thread((self.dir / (envelope.id + MESSAGE)).unlink, missing_ok=True)
+            with contextlib.suppress(OSError):  # the client is told 451/452 all the same
+                await asyncio.to_thread((self.dir / (envelope.id + MESSAGE)).unlink,
+                                        missing_ok=True)
             raise SpoolError(f"cannot write {envelope.id}: {e}", full=_full(e)) from e
         self._fresh.add(envelope.id)
         if cache:
@@ -672,7 +680,7 @@ def _check(path: Path) -> str:
     with open(path, "rb") as f:
         found = read_footer(f.fileno())
         if found is None:
-            return "unfinished"
+            return "its footer is damaged" if _damaged_footer(f.fileno()) else "unfinished"
         crc, left = 0, found.size + found.envelope
         while left > 0:
             chunk = f.read(min(left, 1 << 20))
@@ -681,6 +689,14 @@ def _check(path: Path) -> str:
             crc = zlib.crc32(chunk, crc)
             left -= len(chunk)
     return "" if crc == found.crc else "its CRC-32 does not match its contents"
+
+
+def _damaged_footer(fd: int) -> bool:
+    """The footer was written (its magic is there) but does not read: a 250 may have been
+    given, so the message goes to a person, not away."""
+    length = os.fstat(fd).st_size
+    tail = os.pread(fd, FOOTER_SIZE, max(0, length - FOOTER_SIZE))
+    return MAGIC in tail and _FOOTER.fullmatch(tail) is None
 
 
 def _embedded(path: Path) -> Envelope | None:

@@ -63,9 +63,10 @@ def ole_is_encrypted_ooxml(pieces: Iterable[bytes]) -> bool:
     (searched as the file streams by: a name split between two pieces is still seen)."""
     tail = b""
     for piece in pieces:
-        if _ENCRYPTED_OOXML in tail + piece[:len(_ENCRYPTED_OOXML)] or _ENCRYPTED_OOXML in piece:
+        window = tail + piece
+        if _ENCRYPTED_OOXML in window:
             return True
-        tail = piece[-(len(_ENCRYPTED_OOXML) - 1):]
+        tail = window[-(len(_ENCRYPTED_OOXML) - 1):]  # pieces may be shorter than the name
     return False
 
 

@@ -12,6 +12,7 @@ and a large one not at all.
 from __future__ import annotations
 
 import binascii
+import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from typing import IO
@@ -20,6 +21,7 @@ CHUNK = 1 << 20  # bytes read at a time
 HEAD_MAX = 1 << 20  # a header block is not read past this
 SPILL_AT = 1 << 20  # content to be read whole is held in memory up to this, then on disk
 CRLF = b"\r\n"
+_PADDING = re.compile(rb"[ \t]*")  # transport padding after a boundary (RFC 2046 5.1.1)
 _BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _NOT_BASE64_OR_PAD = bytes(set(range(256)) - set(_BASE64_ALPHABET + b"="))
 
@@ -155,8 +157,7 @@ class Parts:
             close = buf.startswith(b"--", stop)
             if close:
                 stop += 2
-            while buf[stop:stop + 1] in (b" ", b"\t"):  # transport padding
-                stop += 1
+            stop = _PADDING.match(buf, stop).end()  # transport padding (always matches)
             if stop + 2 > len(buf) and not eof:
                 self._scan = found
                 return False

@@ -267,3 +267,17 @@ async def test_recent_bodies_are_served_from_memory_until_removed(tmp_path):
     assert await spool.body(env.id) == b"Subject: x\r\n\r\nbody\r\n"
     await spool.remove(env.id)
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_message_file_whose_footer_is_damaged_is_quarantined_not_removed(tmp_path):
+    # The footer was written, so a 250 may have been given: a person looks, nothing is lost.
+    spool = Spool(tmp_path)
+    spool.prepare()
+    env = envelope()
+    await spool.put(env, b"Subject: x\r\n\r\nbody\r\n")
+    path = tmp_path / f"{env.id}.msg"
+    data = bytearray(path.read_bytes())
+    data[-3] = ord("z")  # a bit flipped in the footer's CRC field: no longer hexadecimal
+    path.write_bytes(bytes(data))
+    Spool(tmp_path).prepare()
+    assert os.listdir(tmp_path / "quarantine") == [f"{env.id}.msg"]
