@@ -445,15 +445,15 @@ class SmtpTransport:
         """A group's replies in order, and what cut them short: a lost connection, a
         timeout, or a hop out of step (more replies than commands: then none counts)."""
         got: list[SMTPResponse] = []
-        async with Group(client, lines) as group:
-            try:
+        try:  # a kept session the hop closed while it was idle fails at once: none came
+            async with Group(client, lines) as group:
                 for _ in range(len(lines) - 1):
                     got.append(await group.reply(wait=self.timeout))
                 got.append(await group.reply(wait=self.data_timeout))  # RFC 5321 4.5.3.2
-            except (aiosmtplib.SMTPException, OSError) as e:
-                return got, e
-            if not group.in_step:
-                return [], aiosmtplib.SMTPResponseException(-1, "more replies than commands")
+                if not group.in_step:
+                    return [], aiosmtplib.SMTPResponseException(-1, "more replies than commands")
+        except (aiosmtplib.SMTPException, OSError) as e:
+            return got, e
         return got, None
 
 
