@@ -15,8 +15,10 @@ Few inodes matter here: every new inode costs a scan of the inode bitmap (on ext
 without a journal it skips every inode deleted in the last minutes), so file churn
 costs more the faster mail arrives. So the file of a finished message is not unlinked
 but emptied and renamed DIR/<id>.free, and the next new message is written into it and
-renamed into place once it is durable. Messages that arrive together are committed in
-one round (group commit): one hop to a thread writes all their files, fsyncs them,
+renamed into place once it is durable. It is emptied before the state goes: a state
+beside an emptied file is a finished message whose removal a crash cut short (taken
+away at start), never one to deliver again. Messages that arrive together are committed
+in one round (group commit): one hop to a thread writes all their files, fsyncs them,
 fsyncs the folder once, and takes away the messages finished meanwhile. A finished
 message goes without a folder fsync of its own, as Postfix does: after a power cut it
 may come back and be delivered twice, which RFC 5321 6.1 prefers to losing one.
@@ -174,11 +176,11 @@ class _Write:
 
 @dataclass
 class _Finish:
-    """A finished message: its message file to empty and keep (or unlink), and the other
-    files it may have (unlinked first: a crash never leaves a state without its message)."""
+    """A finished message: its message file to empty and keep (or unlink), and its state
+    file (None: it never had one, spooled by this process and never updated)."""
 
     message: Path
-    others: list[Path]
+    state: Path | None
 
 
 class GroupCommit:
@@ -254,22 +256,16 @@ def _commit(folder: Path, writes: list[_Write], finishes: list[_Finish],
     Returns a failure per message (None: durable), the first failure to take a finished
     message away, and the files emptied for reuse.
     """
-    finish_error, freed = None, []
+    finish_error: OSError | None = None
+    freed: list[Path] = []
     for finish in finishes:
         try:
-            for path in finish.others:
-                path.unlink(missing_ok=True)
-            if len(freed) < keep:
-                os.truncate(finish.message, 0)  # delivered mail is not kept on the disk
-                free = finish.message.with_suffix(FREE)
-                os.rename(finish.message, free)
-                freed.append(free)
-            else:
-                finish.message.unlink(missing_ok=True)
-        except FileNotFoundError:
-            pass  # a message of the two-file layout (or one already gone)
+            free = _take_away(finish, len(freed) < keep)
         except OSError as e:
             finish_error = finish_error or e
+        else:
+            if free is not None:
+                freed.append(free)
     if not writes:
         return [], finish_error, freed
     failures: list[OSError | None] = [None] * len(writes)
@@ -301,6 +297,35 @@ def _commit(folder: Path, writes: list[_Write], finishes: list[_Finish],
     except OSError as e:  # nothing in the round is durable
         failures = [e] * len(writes)
     return failures, finish_error, freed
+
+
+def _take_away(finish: _Finish, keep: bool) -> Path | None:
+    """Take a finished message's files away; returns its emptied file if kept for reuse.
+
+    The message file is emptied before the state goes, so a crash in between leaves a
+    state beside an empty or .free file, which the next start takes as finished
+    (`Spool.prepare`). The other order would leave the message file alone, with the
+    envelope it arrived with: every recipient would be delivered to again.
+    """
+    message, state = finish.message, finish.state
+    if state is None and not keep:
+        message.unlink(missing_ok=True)
+        return None
+    try:
+        os.truncate(message, 0)  # delivered mail is not kept on the disk
+    except FileNotFoundError:  # the two-file layout (or a message already gone)
+        if state is not None:  # the state first: a body alone is dropped at start
+            state.unlink(missing_ok=True)
+            message.with_suffix(BODY).unlink(missing_ok=True)
+        return None
+    free = message.with_suffix(FREE) if keep else None
+    if free is not None:
+        os.rename(message, free)
+    if state is not None:
+        state.unlink(missing_ok=True)
+    if free is None:
+        message.unlink()  # emptied, so a crash before this leaves no message behind
+    return free
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -472,10 +497,13 @@ class Spool:
         return self._lock_fd
 
     def prepare(self) -> None:
-        """Create the folder and clear writes that never finished (no 250 was given).
+        """Create the folder, clear writes that never finished (no 250 was given) and
+        removals a crash cut short.
 
         A message file without a state is checked whole: without its footer it was never
-        finished and goes; with a footer but the wrong CRC it is quarantined.
+        finished and goes; with a footer but the wrong CRC it is quarantined. A state
+        beside an emptied message file is what a removal leaves when cut short after
+        emptying it (`_take_away`): the message was finished, and its state goes.
         """
         self.dir.mkdir(parents=True, exist_ok=True)
         names = set(os.listdir(self.dir))
@@ -486,6 +514,10 @@ class Spool:
                 path.unlink(missing_ok=True)
             elif suffix == FREE:
                 self._keep_free(path)
+            elif suffix == STATE and self._emptied(stem, names):
+                log.info("removing %s: its message was finished before a crash", name)
+                path.unlink(missing_ok=True)
+                names.discard(name)  # an empty message file left goes as never finished
             elif suffix == BODY and stem + STATE not in names:
                 log.warning("removing %s: its envelope was never written", name)
                 path.unlink(missing_ok=True)
@@ -496,6 +528,14 @@ class Spool:
                     path.unlink(missing_ok=True)
                 elif problem:
                     self._quarantine(stem, ValueError(problem))
+
+    def _emptied(self, queue_id: str, names: set[str]) -> bool:
+        """Whether the message file of a message with a state was emptied (or kept as
+        .free): the message was finished."""
+        if queue_id + FREE in names:
+            return True
+        return queue_id + MESSAGE in names and (
+            os.stat(self.dir / (queue_id + MESSAGE)).st_size == 0)
 
     def _keep_free(self, path: Path) -> None:
         """An emptied file left from before: kept for reuse (emptied again: a crash may
@@ -553,16 +593,16 @@ class Spool:
         await self._sync.sync()
 
     async def remove(self, queue_id: str) -> None:
-        """Forget a finished message: state first, so a crash never leaves a bodiless state.
+        """Forget a finished message: its message file emptied first, then its state.
 
-        No folder fsync (see the module's docstring): at worst the message is delivered
-        again. A message this process spooled and never updated has only its message file.
+        No folder fsync (see the module's docstring): after a power cut the message may
+        be delivered again. A message this process spooled and never updated has no state
+        file, so none is unlinked (a system call fewer for most messages).
         """
         self._recent.drop(queue_id)
-        others = [] if queue_id in self._fresh else [self.dir / (queue_id + STATE),
-                                                     self.dir / (queue_id + BODY)]
+        state = None if queue_id in self._fresh else self.dir / (queue_id + STATE)
         self._fresh.discard(queue_id)
-        await self._commit.finish(_Finish(self.dir / (queue_id + MESSAGE), others))
+        await self._commit.finish(_Finish(self.dir / (queue_id + MESSAGE), state))
 
     async def body(self, queue_id: str) -> bytes:
         cached = self._recent.get(queue_id)
@@ -640,6 +680,8 @@ class Spool:
             try:
                 if queue_id + STATE in names:
                     if queue_id + MESSAGE not in names and queue_id + BODY not in names:
+                        if self._taken_away(queue_id, names):
+                            continue
                         raise ValueError("its message body is missing")
                     envelope = _decode((self.dir / (queue_id + STATE)).read_bytes())
                 else:
@@ -655,6 +697,13 @@ class Spool:
             except (OSError, ValueError, TypeError, KeyError) as e:
                 self._quarantine(queue_id, e)
         return envelopes
+
+    def _taken_away(self, queue_id: str, names: set[str]) -> bool:
+        """Whether a state listed without its message belongs to a finished message: its
+        message file is .free (a removal cut short, or under way while the folder was
+        read: renamed then, so perhaps listed under neither name), or the state is gone."""
+        return (queue_id + FREE in names or (self.dir / (queue_id + FREE)).exists()
+                or not (self.dir / (queue_id + STATE)).exists())
 
     def _quarantine(self, queue_id: str, error: Exception) -> None:
         folder = self.dir / QUARANTINE

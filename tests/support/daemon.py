@@ -242,10 +242,11 @@ class Daemon:
     """One `send-sikkert serve` process."""
 
     def __init__(self, config: GatewayConfig, env: dict[str, str] | None = None,
-                 serve_args: tuple[str, ...] = ()) -> None:
+                 serve_args: tuple[str, ...] = (), wrapper: tuple[str, ...] = ()) -> None:
         self.config = config
         self.env = {**os.environ, **(env or {})}
         self.serve_args = serve_args  # e.g. ("--log-format", "json")
+        self.wrapper = wrapper  # a command the daemon runs under, e.g. ("strace", ...)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = config.root / "gateway.log"
 
@@ -277,8 +278,8 @@ class Daemon:
         """Start the daemon's process, without waiting for it to answer."""
         self.config.write()
         with open(self.log, "ab") as log:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen([SCRIPT, "--config", str(self.config.path), "serve",
-                                          *self.serve_args],
+            self.proc = subprocess.Popen([*self.wrapper, SCRIPT, "--config",
+                                          str(self.config.path), "serve", *self.serve_args],
                                          stdout=subprocess.DEVNULL, stderr=log, env=self.env)
         return self.proc
 

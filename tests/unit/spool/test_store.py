@@ -281,3 +281,25 @@ async def test_a_message_file_whose_footer_is_damaged_is_quarantined_not_removed
     path.write_bytes(bytes(data))
     Spool(tmp_path).prepare()
     assert os.listdir(tmp_path / "quarantine") == [f"{env.id}.msg"]
+
+
+async def test_a_state_beside_an_emptied_message_file_is_a_finished_message(tmp_path):
+    # What a crash leaves while a finished message is taken away: its file emptied (and
+    # perhaps renamed .free), its state not yet unlinked. Nobody is delivered to again.
+    for kept in (False, True):
+        folder = tmp_path / str(kept)
+        spool = Spool(folder)
+        spool.prepare()
+        env = envelope(2)
+        await spool.put(env, b"Subject: x\r\n\r\nbody\r\n")
+        env.recipients[0].state = State.DELIVERED
+        await spool.update(env)
+        message = folder / f"{env.id}.msg"
+        os.truncate(message, 0)
+        if kept:
+            os.rename(message, folder / f"{env.id}.free")
+            assert spool.load_all() == []  # read before the next start: not queued either
+        fresh = Spool(folder)
+        fresh.prepare()
+        assert fresh.load_all() == []
+        assert os.listdir(folder) == ([f"{env.id}.free"] if kept else [])

@@ -1,0 +1,258 @@
+"""SIGKILL the daemon before each change to the disk that taking a finished message away,
+or handing messages to fewer or more workers, makes: a recipient delivered before is
+never delivered again, and nothing answered 250 is lost.
+
+A random SIGKILL seldom falls between two system calls a microsecond apart, so strace
+watches the calls that change the message's files: once to find the steps, then once
+per step, freezing the daemon on entering that call (which then never runs) for a
+SIGKILL there; then the daemon is started again as it is, without strace. strace
+watches the worker (attached once it runs) for a removal, and the supervisor from its
+start (not the workers it starts) for a rebalance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+from gateway.model import Envelope, RecipientState, State
+from gateway.spool.store import FREE_MAX, Spool, new_id
+from tests.support.daemon import Daemon, GatewayConfig, descendants
+
+CHANGES = "truncate,rename,renameat,renameat2,unlink,unlinkat"  # what changes a name or a file
+_CALL = re.compile(r"^(\d+)\s+(\w+)\((.*?)(?:\) += |\s*<unfinished)", re.M)
+_ENTERED = re.compile(rf"^\d+\s+(?:{CHANGES.replace(',', '|')})\(", re.M)
+MESSAGE = b"From: a@brondby.dk\r\nTo: b@brondby.dk, c@brondby.dk\r\nSubject: %s\r\n\r\nx\r\n"
+Seed = Callable[[GatewayConfig], tuple[str, list[Path]]]  # -> the message's id, its paths
+
+
+def half_delivered(due: float) -> Envelope:
+    """b was delivered at the first attempt; c was deferred until `due`."""
+    return Envelope(id=new_id(), sender="a@brondby.dk", received=time.time(),
+                    recipients=[RecipientState("b@brondby.dk", State.DELIVERED, attempts=1),
+                                RecipientState("c@brondby.dk", State.DEFERRED, attempts=1,
+                                               next_attempt=due,
+                                               last_error="451 4.4.1 try later")])
+
+
+def paths(folders: list[Path], queue_id: str) -> list[Path]:
+    return [f / (queue_id + suffix) for f in folders
+            for suffix in (".msg", ".json", ".free", ".eml")]
+
+
+async def spooled(folder: Path, env: Envelope) -> None:
+    """The message as the daemon spools it (every recipient queued), then the state the
+    first attempt left."""
+    spool = Spool(folder)
+    spool.prepare()
+    arrived = Envelope.from_json(env.to_json())
+    for r in arrived.recipients:
+        r.state, r.attempts, r.next_attempt, r.last_error = State.QUEUED, 0, 0.0, ""
+    await spool.put(arrived, MESSAGE % env.id.encode())
+    await spool.update(env)
+
+
+def two_file(folder: Path, env: Envelope) -> None:
+    """The message as versions before the message files left it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{env.id}.eml").write_bytes(MESSAGE % env.id.encode())
+    (folder / f"{env.id}.json").write_text(json.dumps(env.to_json()))
+
+
+def removal(emptied_files: int, layout: str = "msg") -> Seed:
+    """A half-delivered message in worker 0's folder, due once retried, beside
+    `emptied_files` .free files (FREE_MAX of them: its file is unlinked, not kept)."""
+    def seed(config: GatewayConfig) -> tuple[str, list[Path]]:
+        folder = config.spool / "w0"
+        env = half_delivered(time.time() + 3600)
+        if layout == "msg":
+            asyncio.run(spooled(folder, env))
+        else:
+            two_file(folder, env)
+        for _ in range(emptied_files):
+            (folder / f"{new_id()}.free").touch()
+        return env.id, paths([folder], env.id)
+    return seed
+
+
+def steps(trace: Path) -> list[tuple[str, int, str]]:
+    """The calls strace saw, in order: (name, which call of that name in its thread (as
+    strace counts for `when`), arguments)."""
+    seen: Counter[tuple[str, str]] = Counter()
+    found = []
+    for m in _CALL.finditer(trace.read_text()):
+        seen[m[1], m[2]] += 1
+        found.append((m[2], seen[m[1], m[2]], m[3]))
+    return found
+
+
+def entered(trace: Path) -> int:
+    """How many calls strace has seen entered, the one frozen on entry among them."""
+    return len(_ENTERED.findall(trace.read_text())) if trace.exists() else 0
+
+
+def strace(config: GatewayConfig, watched: list[Path], freeze: tuple[str, int] | None
+           ) -> list[str]:
+    """strace watching the calls that change `watched`; `freeze`: stop on entering the
+    n-th call of that name (in its thread, as strace counts)."""
+    args = ["strace", "-f", "-qq", "-e", "signal=none", "-s", "1024",
+            "-o", str(config.root / "strace.log"), "-e", f"trace={CHANGES}"]
+    for path in watched:
+        args += ["-P", str(path)]
+    if freeze is not None:
+        args += ["-e", f"inject={freeze[0]}:delay_enter=120s:when={freeze[1]}"]
+    return args
+
+
+class Run:
+    """One run of the daemon with strace watching; `removal`: the worker's, attached once
+    it runs, and the message retried then; else the supervisor's from its start."""
+
+    def __init__(self, config: GatewayConfig, daemons: list[Daemon], watched: list[Path],
+                 freeze: tuple[str, int] | None, removal: bool) -> None:
+        args = strace(config, watched, freeze)
+        self.tracer: subprocess.Popen[bytes] | None = None
+        if removal:
+            self.daemon = Daemon(config)
+            daemons.append(self.daemon)
+            self.daemon.start()
+            [worker] = self.daemon.worker_pids()
+            self.tracer = subprocess.Popen([*args, "-p", str(worker)])
+            deadline = time.monotonic() + 20
+            while not all(_traced(t) for t in Path(f"/proc/{worker}/task").iterdir()):
+                assert time.monotonic() < deadline, "strace did not attach"
+                time.sleep(0.02)
+            status, body = self.daemon.http("/api/queue/retry", "POST")
+            assert status == 200, body
+        else:
+            self.daemon = Daemon(config, wrapper=(*args, "-b", "execve"))
+            daemons.append(self.daemon)
+            self.daemon.spawn()
+
+    @property
+    def supervisor(self) -> int:
+        assert self.daemon.proc is not None
+        return self.daemon.proc.pid if self.tracer else self.daemon.worker_pids()[0]
+
+    def stop(self) -> None:
+        os.kill(self.supervisor, signal.SIGTERM)
+        self._wait()
+
+    def kill(self) -> None:
+        """SIGKILL the supervisor, then its workers; the process frozen in strace runs no
+        further meanwhile."""
+        supervisor = self.supervisor
+        killed = [supervisor, *sorted(descendants(supervisor))]
+        for pid in killed:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while not all(_dead(pid) for pid in killed):
+            assert time.monotonic() < deadline, "the daemon outlived SIGKILL"
+            time.sleep(0.02)
+        # Only now: strace waits out its delay after its tracee died, and a tracee still
+        # alive when strace goes would run on.
+        tracer = self.tracer or self.daemon.proc
+        assert tracer is not None
+        tracer.kill()
+        self._wait()
+
+    def _wait(self) -> None:
+        assert self.daemon.proc is not None
+        self.daemon.proc.wait(30)
+        if self.tracer is not None:
+            self.tracer.wait(30)
+
+
+def _dead(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2] in "ZX"
+
+
+def _traced(task: Path) -> bool:
+    status = (task / "status").read_text()
+    return int(status.split("TracerPid:")[1].split()[0]) != 0
+
+
+def deliveries(config: GatewayConfig) -> Counter[str]:
+    """How often each address was delivered to (the file route's X-Envelope-To lines)."""
+    found: Counter[str] = Counter()
+    for path in config.outbox.glob("*.eml"):
+        found.update(m.decode() for m in re.findall(rb"^X-Envelope-To: (\S+)\r$",
+                                                   path.read_bytes(), re.M))
+    return found
+
+
+def crash_at_every_step(config: GatewayConfig, daemons: list[Daemon], seed: Seed,
+                        workers: int, workers_after: int, removal: bool) -> list[str]:
+    """Run the scenario once to find its steps, then once per step with a SIGKILL there
+    and a start with `workers_after` workers; returns what each step was and what
+    became of b and c."""
+    config.workers = workers
+    first_id, watched = seed(config)
+    run = Run(config, daemons, watched, None, removal)
+    run.daemon.wait_queue_empty(timeout=60)
+    run.stop()
+    found = steps(config.root / "strace.log")
+    assert found, "strace saw no change to the message's files"
+    if not removal:
+        found = [s for s in found if s[0] == "rename"]  # the moves; removals: see above
+    assert deliveries(config)["b@brondby.dk"] == 0  # the run without a crash
+    outcomes = []
+    for k, (name, nth, args) in enumerate(found):
+        for left in (config.spool, config.outbox, config.root / "strace.log"):
+            shutil.rmtree(left) if left.is_dir() else left.unlink(missing_ok=True)
+        config.workers = workers
+        _, watched = seed(config)
+        run = Run(config, daemons, watched, (name, nth), removal)
+        deadline = time.monotonic() + 60
+        while entered(config.root / "strace.log") <= k:
+            assert time.monotonic() < deadline, f"never reached step {k + 1}: {name}({args})"
+            time.sleep(0.05)
+        run.kill()
+        config.workers = workers_after
+        again = Daemon(config)
+        daemons.append(again)
+        again.start()
+        again.http("/api/queue/retry", "POST")
+        again.wait_queue_empty()
+        again.stop()
+        got = deliveries(config)
+        quarantined = sorted(p.name for p in config.spool.rglob("quarantine/*"))
+        step = f"{name}({args.replace(str(config.spool) + '/', '').replace(first_id, 'ID')})"
+        outcomes.append(f"killed before {step}: b delivered again {got['b@brondby.dk']}x, "
+                        f"c delivered {got['c@brondby.dk']}x, quarantined {quarantined}")
+        assert got["b@brondby.dk"] == 0, outcomes[-1]
+        assert got["c@brondby.dk"] >= 1, outcomes[-1]
+        assert quarantined == [], outcomes[-1]
+    return outcomes
+
+
+def test_a_removal_cut_short_delivers_nobody_twice(config: GatewayConfig, daemons, outcome):
+    for line in crash_at_every_step(config, daemons, removal(0), 1, 1, True):
+        outcome(line)
+
+
+def test_a_removal_cut_short_unlinking_delivers_nobody_twice(config: GatewayConfig, daemons,
+                                                              outcome):
+    for line in crash_at_every_step(config, daemons, removal(FREE_MAX), 1, 1, True):
+        outcome(line)
+
+
+def test_a_removal_of_the_two_file_layout_cut_short_delivers_nobody_twice(
+        config: GatewayConfig, daemons, outcome):
+    for line in crash_at_every_step(config, daemons, removal(0, "eml"), 1, 1, True):
+        outcome(line)
