@@ -6,8 +6,11 @@ of them and, before any worker starts, moves every message of a folder no worker
 own (fewer workers than before, or the flat spool of a version without workers) into
 the folders of those that will: nothing left behind is ever orphaned. Moving is a
 rename of the body first and the state last, each folder fsynced, so a crash halfway
-leaves a message whole in one place or the other (RFC 5321 6.1: never lose a message);
-a state left behind alone by a crash follows its message the next time.
+leaves the message file in one folder and its state in another (RFC 5321 6.1: never
+lose a message). So before anything is checked or moved, every state is put beside its
+message wherever that is: any folder, owned or not, since the number of workers may
+have changed in between; apart, one worker would deliver the message again to every
+recipient and another quarantine its state.
 """
 
 from __future__ import annotations
@@ -46,19 +49,20 @@ def rebalance(root: Path, workers: int) -> int:
     """
     for i in range(workers):
         partition_dir(root, i).mkdir(parents=True, exist_ok=True)
+    folders = partitions(root)
+    _reunite(folders)
     moved = 0
-    for folder in partitions(root):
+    for folder in folders:
         m = _PARTITION.fullmatch(folder.name) if folder != root else None
         if m and int(m[1]) < workers:
             continue
-        spool = Spool(folder)
-        spool.prepare()  # unfinished writes (never answered 250) go first
+        # Unfinished writes (never answered 250) and finished removals go first; the
+        # CRC of each message is checked once, in the folder it goes to.
+        Spool(folder).prepare(verify=False)
         names = set(os.listdir(folder))
         ids = queue_ids(names)
         for n, queue_id in enumerate(ids):
             target = partition_dir(root, (moved + n) % workers)
-            if queue_id + MESSAGE not in names and queue_id + BODY not in names:
-                target = _message_home(root, workers, queue_id) or target
             for suffix in (MESSAGE, BODY, STATE):  # the message before its state
                 name = queue_id + suffix
                 if name in names:
@@ -77,13 +81,33 @@ def rebalance(root: Path, workers: int) -> int:
     return moved
 
 
-def _message_home(root: Path, workers: int, queue_id: str) -> Path | None:
-    """The partition a message was moved to before a crash left its state behind."""
-    for i in range(workers):
-        folder = partition_dir(root, i)
-        if any((folder / (queue_id + suffix)).exists() for suffix in (MESSAGE, BODY)):
-            return folder
-    return None
+def _reunite(folders: list[Path]) -> None:
+    """Move every state file found without its message to the folder holding the
+    message (a rebalance cut short by a crash); a state whose message is nowhere stays,
+    to be quarantined."""
+    listings = {folder: set(os.listdir(folder)) for folder in folders}
+    strays = [(folder, name[:-len(STATE)]) for folder, names in listings.items()
+              for name in names
+              if name.endswith(STATE) and not _with_message(names, name[:-len(STATE)])]
+    if not strays:
+        return
+    homes = {name.rsplit(".", 1)[0]: folder for folder, names in listings.items()
+             for name in names if name.endswith((MESSAGE, BODY))}
+    for folder, queue_id in strays:
+        home = homes.get(queue_id)
+        if home is None or queue_id + STATE in listings[home]:
+            continue
+        os.replace(folder / (queue_id + STATE), home / (queue_id + STATE))
+        fsync_dir(home)
+        fsync_dir(folder)
+        log.info("spool: state of %s moved from %s to its message in %s", queue_id,
+                 folder, home)
+
+
+def _with_message(names: set[str], queue_id: str) -> bool:
+    """Whether a folder's names hold a message file for this state (or its emptied file:
+    then it is a finished message, taken away by `Spool.prepare`)."""
+    return any(queue_id + suffix in names for suffix in (MESSAGE, BODY, FREE))
 
 
 def envelopes(root: Path) -> Iterator[Envelope]:

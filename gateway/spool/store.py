@@ -496,14 +496,16 @@ class Spool:
         """The locked descriptor: workers inherit it, so the lock lasts while any of them runs."""
         return self._lock_fd
 
-    def prepare(self) -> None:
+    def prepare(self, verify: bool = True) -> None:
         """Create the folder, clear writes that never finished (no 250 was given) and
         removals a crash cut short.
 
         A message file without a state is checked whole: without its footer it was never
-        finished and goes; with a footer but the wrong CRC it is quarantined. A state
-        beside an emptied message file is what a removal leaves when cut short after
-        emptying it (`_take_away`): the message was finished, and its state goes.
+        finished and goes; with a footer but the wrong CRC it is quarantined. `verify`
+        False leaves that to the folder the messages are moved to (a rebalance), so none
+        is read twice. A state beside an emptied message file is what a removal leaves
+        when cut short after emptying it (`_take_away`): the message was finished, and
+        its state goes.
         """
         self.dir.mkdir(parents=True, exist_ok=True)
         names = set(os.listdir(self.dir))
@@ -521,7 +523,7 @@ class Spool:
             elif suffix == BODY and stem + STATE not in names:
                 log.warning("removing %s: its envelope was never written", name)
                 path.unlink(missing_ok=True)
-            elif suffix == MESSAGE and stem + STATE not in names:
+            elif suffix == MESSAGE and stem + STATE not in names and verify:
                 problem = _check(path)
                 if problem == "unfinished":
                     log.warning("removing %s: it was never finished", name)

@@ -85,6 +85,26 @@ def removal(emptied_files: int, layout: str = "msg") -> Seed:
     return seed
 
 
+def flat_four(config: GatewayConfig) -> tuple[str, list[Path]]:
+    """Four messages in the flat spool of a version without workers; the fourth, half
+    delivered, goes to w3 when four workers share them."""
+    for _ in range(3):
+        two_file(config.spool, Envelope(id=new_id(), sender="a@brondby.dk",
+                                        received=time.time(),
+                                        recipients=[RecipientState("d@brondby.dk")]))
+    env = half_delivered(0.0)
+    two_file(config.spool, env)
+    return env.id, paths([config.spool, config.spool / "w3"], env.id)
+
+
+def in_w2(config: GatewayConfig) -> tuple[str, list[Path]]:
+    """A half-delivered message in the folder of worker 2, which two workers do not own;
+    it goes to w0."""
+    env = half_delivered(0.0)
+    asyncio.run(spooled(config.spool / "w2", env))
+    return env.id, paths([config.spool / "w2", config.spool / "w0"], env.id)
+
+
 def steps(trace: Path) -> list[tuple[str, int, str]]:
     """The calls strace saw, in order: (name, which call of that name in its thread (as
     strace counts for `when`), arguments)."""
@@ -249,6 +269,16 @@ def test_a_removal_cut_short_delivers_nobody_twice(config: GatewayConfig, daemon
 def test_a_removal_cut_short_unlinking_delivers_nobody_twice(config: GatewayConfig, daemons,
                                                               outcome):
     for line in crash_at_every_step(config, daemons, removal(FREE_MAX), 1, 1, True):
+        outcome(line)
+
+
+def test_a_rebalance_cut_short_then_fewer_workers(config: GatewayConfig, daemons, outcome):
+    for line in crash_at_every_step(config, daemons, flat_four, 4, 2, False):
+        outcome(line)
+
+
+def test_a_rebalance_cut_short_then_more_workers(config: GatewayConfig, daemons, outcome):
+    for line in crash_at_every_step(config, daemons, in_w2, 2, 4, False):
         outcome(line)
 
 

@@ -56,3 +56,62 @@ async def test_a_state_left_behind_by_a_crash_follows_its_message(tmp_path):
     rebalance(tmp_path, 2)
     assert sorted(os.listdir(home)) == [f"{env.id}.json", f"{env.id}.msg"]
     assert [e.recipients[0].attempts for e in envelopes(tmp_path)] == [3]
+
+
+async def test_a_message_and_its_state_apart_meet_again_with_fewer_workers(tmp_path):
+    # A crash while four workers were given the flat spool: the message file went to w3,
+    # its state stayed in the root. Now two workers start: neither owns w3 nor the root.
+    for layout in ("msg", "eml"):
+        root = tmp_path / layout
+        env = envelope()
+        env.recipients[0].state, env.recipients[0].attempts = State.DEFERRED, 2
+        w3 = partition_dir(root, 3)
+        if layout == "msg":
+            spool = Spool(w3)
+            spool.prepare()
+            await spool.put(env, b"Subject: x\r\n\r\nx\r\n")
+        else:
+            old_layout(w3, env, b"Subject: x\r\n\r\nx\r\n")
+            (w3 / f"{env.id}.json").unlink()
+        (root / f"{env.id}.json").write_text(json.dumps(env.to_json()))
+        rebalance(root, 2)
+        index, home = owner(root, env.id)
+        assert sorted(os.listdir(home.dir)) == sorted([f"{env.id}.json", f"{env.id}.{layout}"])
+        Spool(home.dir).prepare()
+        assert [e.recipients[0].attempts for e in envelopes(root)] == [2]
+        assert not list(root.rglob("quarantine"))
+
+
+async def test_a_message_and_its_state_apart_meet_again_with_more_workers(tmp_path):
+    # A crash while w2's messages went to two workers: the message file is in w0, its
+    # state still in w2, which four workers own again.
+    env = envelope()
+    w0, w2 = partition_dir(tmp_path, 0), partition_dir(tmp_path, 2)
+    spool = Spool(w2)
+    spool.prepare()
+    await spool.put(env, b"Subject: x\r\n\r\nx\r\n")
+    env.recipients[0].attempts = 1
+    await spool.update(env)
+    w0.mkdir()
+    os.replace(w2 / f"{env.id}.msg", w0 / f"{env.id}.msg")
+    rebalance(tmp_path, 4)
+    assert sorted(os.listdir(w0)) == [f"{env.id}.json", f"{env.id}.msg"]
+    assert os.listdir(w2) == []
+    assert [e.recipients[0].attempts for e in envelopes(tmp_path)] == [1]
+
+
+async def test_a_moved_message_is_checked_where_it_goes(tmp_path):
+    # Its CRC is read once, by the worker that owns it, not also before the move.
+    env = envelope()
+    spool = Spool(partition_dir(tmp_path, 1))
+    spool.prepare()
+    await spool.put(env, b"Subject: x\r\n\r\nx\r\n")
+    path = spool.dir / f"{env.id}.msg"
+    rotten = bytearray(path.read_bytes())
+    rotten[3] ^= 0x20
+    path.write_bytes(bytes(rotten))
+    rebalance(tmp_path, 1)
+    w0 = partition_dir(tmp_path, 0)
+    assert os.listdir(w0) == [f"{env.id}.msg"]
+    Spool(w0).prepare()
+    assert os.listdir(w0 / "quarantine") == [f"{env.id}.msg"]
