@@ -11,11 +11,11 @@ once, and the body is read from the spool file in chunks while it is sent
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import BinaryIO
 
 CHUNK = 1 << 20  # bytes of a body read and sent at a time
 HEAD_MAX = 1 << 20  # a header block longer than this is not streamed: the message is read
@@ -43,11 +43,6 @@ class Spooled:
 
     def isascii(self) -> bool:  # like bytes
         return self.body_ascii and self.head.isascii()
-
-    @property
-    def end(self) -> int:
-        """Where the body ends in its file (a spool file may hold more after it)."""
-        return self.offset + self.body_size
 
     def with_head(self, head: bytes) -> Spooled:
         """The same body under another header block (the outgoing one)."""
@@ -90,26 +85,23 @@ class Spooled:
 MessageData = bytes | Spooled  # what a transport sends: in memory, or mostly on disk
 
 
-def open_spooled(path: Path, size: int | None = None) -> Spooled | None:
-    """The message in the file at `path` (its first `size` bytes; None: all of it) as a
-    Spooled (blocking: call it in a thread); None when its header block does not end
-    within HEAD_MAX bytes, so it is better read whole."""
-    with open(path, "rb") as f:
-        if size is None:
-            size = os.fstat(f.fileno()).st_size
-        start = f.read(min(HEAD_MAX, size))
-        m = _END_OF_HEADERS.search(start)
-        if m is None:
-            return None
-        head = start[: m.end()]
-        body_ascii = start[m.end():].isascii()
-        body_size = len(start) - m.end()
-        left = size - len(start)
-        del start
-        while left > 0 and (chunk := f.read(min(CHUNK, left))):
-            body_ascii = body_ascii and chunk.isascii()
-            body_size += len(chunk)
-            left -= len(chunk)
+def read_spooled(f: BinaryIO, path: Path, size: int) -> Spooled | None:
+    """The message in the first `size` bytes of `f`, the file at `path` opened and not
+    read yet, as a Spooled (blocking: call it in a thread); None when its header block
+    does not end within HEAD_MAX bytes, so it is better read whole."""
+    start = f.read(min(HEAD_MAX, size))
+    m = _END_OF_HEADERS.search(start)
+    if m is None:
+        return None
+    head = start[: m.end()]
+    body_ascii = start[m.end():].isascii()
+    body_size = len(start) - m.end()
+    left = size - len(start)
+    del start
+    while left > 0 and (chunk := f.read(min(CHUNK, left))):
+        body_ascii = body_ascii and chunk.isascii()
+        body_size += len(chunk)
+        left -= len(chunk)
     return Spooled(head, path, len(head), body_size, body_ascii)
 
 

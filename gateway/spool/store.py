@@ -48,7 +48,7 @@ from pathlib import Path
 
 from gateway.model import Envelope
 from gateway.observe import metrics
-from gateway.spool.body import MessageData, open_spooled
+from gateway.spool.body import MessageData, read_spooled
 
 log = logging.getLogger(__name__)
 
@@ -613,9 +613,9 @@ class Spool:
         return await asyncio.to_thread(self._read, queue_id)
 
     def _read(self, queue_id: str) -> bytes:
-        path, size = self._locate(queue_id)
-        with open(path, "rb") as f:
-            return f.read(size)
+        data = self._load(queue_id, stream=False)
+        assert isinstance(data, bytes)
+        return data
 
     async def message(self, queue_id: str) -> MessageData:
         """The message for a delivery attempt: in memory, or from STREAM_AT bytes on its
@@ -623,33 +623,31 @@ class Spool:
         cached = self._recent.get(queue_id)
         if cached is not None:
             return cached
-        return await asyncio.to_thread(self._message, queue_id)
+        return await asyncio.to_thread(self._load, queue_id, True)
 
-    def _message(self, queue_id: str) -> MessageData:
-        path, size = self._locate(queue_id)
-        if size >= STREAM_AT:
-            spooled = open_spooled(path, size)
-            if spooled is not None:
-                return spooled
-        with open(path, "rb") as f:
-            return f.read(size)
-
-    def _locate(self, queue_id: str) -> tuple[Path, int]:
-        """The file holding a message and how many bytes of it from its start are the
-        message; OSError when there is none."""
+    def _load(self, queue_id: str, stream: bool) -> MessageData:
+        """The message from its file, opened once for its footer and its bytes; with
+        `stream`, from STREAM_AT bytes on as a Spooled. OSError when there is none."""
         path = self.dir / (queue_id + MESSAGE)
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
-            old = self.dir / (queue_id + BODY)
-            return old, old.stat().st_size
-        try:
-            found = read_footer(fd)
-        finally:
-            os.close(fd)
-        if found is None:
-            raise OSError(errno.EIO, "the message file was never finished", str(path))
-        return path, found.size
+            path = self.dir / (queue_id + BODY)
+            fd = os.open(path, os.O_RDONLY)
+        with os.fdopen(fd, "rb") as f:
+            if path.suffix == BODY:
+                size = os.fstat(fd).st_size
+            else:
+                found = read_footer(fd)
+                if found is None:
+                    raise OSError(errno.EIO, "the message file was never finished", str(path))
+                size = found.size
+            if stream and size >= STREAM_AT:
+                spooled = read_spooled(f, path, size)
+                if spooled is not None:
+                    return spooled
+                f.seek(0)
+            return f.read(size)
 
     def holds(self, queue_id: str) -> bool:
         """Whether a message with this id is in this folder."""

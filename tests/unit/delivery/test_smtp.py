@@ -15,8 +15,9 @@ import trustme
 
 from gateway.delivery import Rcpt, Result, Route, TlsPolicy, parse_route
 from gateway.delivery.smtp import SmtpTransport, server_reply, xtext
-from gateway.spool.body import Spooled, SpoolReadError, open_spooled
+from gateway.spool.body import Spooled, SpoolReadError
 from tests.support.sink import Hop, SmtpSink, free_port, server_tls
+from tests.support.spooled import open_spooled
 
 OK = 250
 TEMPFAIL = 451

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from gateway.model import Envelope, RecipientState
-from gateway.spool.body import HEAD_MAX, Spooled, open_spooled, pieces, whole
+from gateway.spool.body import HEAD_MAX, Spooled, pieces, whole
 from gateway.spool.store import STREAM_AT, Spool
+from tests.support.spooled import open_spooled
 
 HEAD = b"From: a@brondby.test\r\nBcc: skjult@brondby.test\r\nSubject: stor\r\n\r\n"
 BODY = b"".join(b"linje %d med \xe6\r\n" % i for i in range(200_000))

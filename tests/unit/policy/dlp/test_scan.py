@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from gateway.policy.dlp.scan import ScanFailed, Scanner, describe_places, scan_message
-from gateway.spool.body import open_spooled
 from tests.support import documents as d
+from tests.support.spooled import open_spooled
 
 MESSAGE = d.mail("x" * 2000 + "\nBente 010190-1230",
                  attachments=[("brev.pdf", d.PDF_TYPE, d.pdf("Ole 220910-1230"))])
