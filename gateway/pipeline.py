@@ -40,7 +40,7 @@ from gateway.policy.dlp.cpr import contains_cpr
 from gateway.policy.dlp.scan import ScanFailed, Scanner, describe_places, limits_from
 from gateway.policy.routing import Routing
 from gateway.policy.tags import read_tags, resolve_department
-from gateway.spool.body import MessageData, Spooled, SpoolReadError, head_of, whole
+from gateway.spool.body import MessageData, Spooled, head_of, whole
 from gateway.spool.store import Spool, SpoolError
 from gateway.transform.headers import outgoing
 from gateway.transform.mime import MimeLimitError
@@ -176,17 +176,13 @@ class Pipeline:
         `head` is the message, or at least its header block: all a DSN quotes of it."""
         outcomes = await _each([self._deliver(env, job, notices) for job in jobs])
         for job, outcome in zip(jobs, outcomes, strict=True):
-            if isinstance(outcome, SpoolReadError):
-                log.error("%s: delivery via %s stopped: %s; deferring", env.id, job.route,
-                          outcome)
-                reply = Reply(451, "4.3.0", "cannot read the spooled message, will retry")
-            elif isinstance(outcome, BaseException):
-                # Fail closed, one hop at a time: its recipients wait, the others' stand.
-                log.error("%s: delivery via %s failed unexpectedly; deferring", env.id,
-                          job.route, exc_info=outcome)
-                reply = Reply(451, "4.3.0", "internal error, will retry")
-            else:
+            if not isinstance(outcome, BaseException):
                 continue
+            # Fail closed, one hop at a time: its recipients wait, the others' stand. (The
+            # router made a hop's own errors, a spool read error among them, 451 already.)
+            log.error("%s: delivery via %s failed unexpectedly; deferring", env.id,
+                      job.route, exc_info=outcome)
+            reply = Reply(451, "4.3.0", "internal error, will retry")
             for r in job.recipients:
                 if not r.state.final:
                     self._defer(env, r, reply)
