@@ -115,6 +115,8 @@ class Scheduler:
 
     async def _one(self, env: Envelope) -> None:
         try:
+            # A slot is one delivery to a next hop. Recording its outcome waits for the
+            # spool's next commit round, a fsync away: the next message need not.
             async with self._slots:
                 if self._stopping:
                     return
@@ -127,16 +129,16 @@ class Scheduler:
                         if not r.state.final:
                             r.state, r.last_error = State.DEFERRED, "internal error, will retry"
                             r.attempts += 1
-                now = self.clock()
-                for r in env.recipients:
-                    if r.state == State.DEFERRED and r.next_attempt <= now:
-                        r.next_attempt = now + backoff(r.attempts, self.queue)
-                if env.done:
-                    await self.spool.remove(env.id)
-                    self.messages.pop(env.id, None)
-                    maillog.removed(env.id)
-                else:
-                    await self.spool.update(env)
+            now = self.clock()
+            for r in env.recipients:
+                if r.state == State.DEFERRED and r.next_attempt <= now:
+                    r.next_attempt = now + backoff(r.attempts, self.queue)
+            if env.done:
+                await self.spool.remove(env.id)
+                self.messages.pop(env.id, None)
+                maillog.removed(env.id)
+            else:
+                await self.spool.update(env)
         except Exception:
             log.exception("cannot record the outcome of %s; it stays queued", env.id)
         finally:

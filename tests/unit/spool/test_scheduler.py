@@ -105,6 +105,48 @@ async def test_one_attempt_per_message_and_concurrency_limit(spool):
     await task
 
 
+class GatedSpool(Spool):
+    """A spool whose removals wait for `gate`, as they wait for a commit round's fsync."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = asyncio.Event()
+
+    async def remove(self, queue_id: str) -> None:
+        await self.gate.wait()
+        await super().remove(queue_id)
+
+
+async def test_recording_an_outcome_does_not_hold_a_delivery_slot(tmp_path):
+    spool = GatedSpool(tmp_path)
+    spool.prepare()
+    attempts: list[str] = []
+
+    async def attempt(env: Envelope) -> None:
+        attempts.append(env.id)
+        env.recipients[0].state = State.DELIVERED
+
+    scheduler = Scheduler(spool, attempt, QueueConfig(concurrency=1))
+    first, second = await queued(spool, "x@hotmail.dk"), await queued(spool, "y@hotmail.dk")
+    scheduler.add(first)
+    scheduler.add(second)
+    task = asyncio.create_task(scheduler.run())
+    await asyncio.sleep(0.05)
+    assert attempts == [first.id, second.id]  # the second did not wait for the first's removal
+    scheduler.retry()  # still one attempt per message: the first is not tried again meanwhile
+    await asyncio.sleep(0.05)
+    assert attempts == [first.id, second.id]
+    assert scheduler.busy(first.id) and {e.id for e in spool.load_all()} == {first.id, second.id}
+    spool.gate.set()
+    for _ in range(100):
+        if not scheduler.messages:
+            break
+        await asyncio.sleep(0.01)
+    assert scheduler.messages == {} and spool.load_all() == []
+    await scheduler.stop()
+    await task
+
+
 async def test_unexpected_error_defers_never_drops(spool):
     async def attempt(env: Envelope) -> None:
         raise RuntimeError("bug")
