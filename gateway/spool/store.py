@@ -505,7 +505,8 @@ class Spool:
         False leaves that to the folder the messages are moved to (a rebalance), so none
         is read twice. A state beside an emptied message file is what a removal leaves
         when cut short after emptying it (`_take_away`): the message was finished, and
-        its state goes.
+        its state goes. A state without any message file is quarantined (a rebalance
+        has put every state found elsewhere beside its message before).
         """
         self.dir.mkdir(parents=True, exist_ok=True)
         names = set(os.listdir(self.dir))
@@ -520,6 +521,8 @@ class Spool:
                 log.info("removing %s: its message was finished before a crash", name)
                 path.unlink(missing_ok=True)
                 names.discard(name)  # an empty message file left goes as never finished
+            elif suffix == STATE and stem + MESSAGE not in names and stem + BODY not in names:
+                self._quarantine(stem, ValueError("its message body is missing"))
             elif suffix == BODY and stem + STATE not in names:
                 log.warning("removing %s: its envelope was never written", name)
                 path.unlink(missing_ok=True)
@@ -672,7 +675,11 @@ class Spool:
 
         A record that cannot be read is moved with its message to DIR/quarantine/ for a
         person to look at, and logged; the rest of the queue goes on. A message file
-        still being written (no footer yet) is not a message yet and is passed over.
+        still being written (no footer yet) is not a message yet and is passed over, and
+        so is a state without its message file: a finished message whose .free file a
+        folder listing may miss while it is renamed, or one a crash left apart from its
+        message in another partition, which must not be quarantined before the next
+        start brings them together (a `queue list` while the daemon is stopped).
         """
         envelopes = []
         names = set(os.listdir(self.dir))
@@ -680,9 +687,7 @@ class Spool:
             try:
                 if queue_id + STATE in names:
                     if queue_id + MESSAGE not in names and queue_id + BODY not in names:
-                        if self._taken_away(queue_id, names):
-                            continue
-                        raise ValueError("its message body is missing")
+                        continue  # not a message here: `prepare` sees to it at start
                     envelope = _decode((self.dir / (queue_id + STATE)).read_bytes())
                 else:
                     found = _embedded(self.dir / (queue_id + MESSAGE))
@@ -697,13 +702,6 @@ class Spool:
             except (OSError, ValueError, TypeError, KeyError) as e:
                 self._quarantine(queue_id, e)
         return envelopes
-
-    def _taken_away(self, queue_id: str, names: set[str]) -> bool:
-        """Whether a state listed without its message belongs to a finished message: its
-        message file is .free (a removal cut short, or under way while the folder was
-        read: renamed then, so perhaps listed under neither name), or the state is gone."""
-        return (queue_id + FREE in names or (self.dir / (queue_id + FREE)).exists()
-                or not (self.dir / (queue_id + STATE)).exists())
 
     def _quarantine(self, queue_id: str, error: Exception) -> None:
         folder = self.dir / QUARANTINE

@@ -115,3 +115,22 @@ async def test_a_moved_message_is_checked_where_it_goes(tmp_path):
     assert os.listdir(w0) == [f"{env.id}.msg"]
     Spool(w0).prepare()
     assert os.listdir(w0 / "quarantine") == [f"{env.id}.msg"]
+
+
+async def test_a_listing_before_the_next_start_leaves_a_state_apart_from_its_message(
+        tmp_path):
+    # `queue list` with the daemon stopped after a crash in a rebalance: the state
+    # without its message is not quarantined, so the next start can bring them together.
+    env = envelope()
+    w3 = partition_dir(tmp_path, 3)
+    spool = Spool(w3)
+    spool.prepare()
+    await spool.put(env, b"Subject: x\r\n\r\nx\r\n")
+    env.recipients[0].attempts = 1
+    (tmp_path / f"{env.id}.json").write_text(json.dumps(env.to_json()))
+    assert [e.recipients[0].attempts for e in envelopes(tmp_path)] == [0]  # as it arrived
+    assert not list(tmp_path.rglob("quarantine"))
+    rebalance(tmp_path, 1)
+    assert sorted(os.listdir(partition_dir(tmp_path, 0))) == [f"{env.id}.json",
+                                                               f"{env.id}.msg"]
+    assert [e.recipients[0].attempts for e in envelopes(tmp_path)] == [1]
