@@ -49,11 +49,15 @@ class Spooled:
         return self if head is self.head else replace(self, head=head)
 
     async def read(self) -> bytes:
-        """The whole message, for what cannot work on it piece by piece."""
+        """The whole message, for what cannot work on it piece by piece (a body cut
+        short is an error, never signed, encrypted or sent as the message)."""
         try:
-            return self.head + await asyncio.to_thread(self._read_body)
+            body = await asyncio.to_thread(self._read_body)
         except OSError as e:
             raise SpoolReadError(f"cannot read {self.path}: {e}") from None
+        if len(body) != self.body_size:
+            raise SpoolReadError(f"{self.path} ended {self.body_size - len(body)} bytes early")
+        return self.head + body
 
     def _read_body(self) -> bytes:
         with open(self.path, "rb") as f:

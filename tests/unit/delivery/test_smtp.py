@@ -496,6 +496,8 @@ async def test_a_spool_file_that_cannot_be_read_stops_the_message_not_the_hop(
         with pytest.raises(SpoolReadError, match="bytes early"):
             await send(transport, sink.route, data=data)
         assert ("RCPT", False) in sink.commands and sink.messages == []
+    with pytest.raises(SpoolReadError, match="bytes early"):  # nor read whole, cut short
+        await data.read()
     data.path.unlink()
     with pytest.raises(SpoolReadError, match="cannot read"):
         await data.read()
