@@ -55,6 +55,10 @@ def test_one_byte_at_a_time_gives_the_data_text_of_the_whole(message):
     ([b"a\rb\nc"], b"a\r\nb\r\nc\r\n.\r\n"),  # bare CR and LF are never sent
     ([], b"\r\n.\r\n"),
     ([b".", b"\r\n"], b"..\r\n.\r\n"),
+    ([b"a\r\nb\r\n.c\r\n"], b"a\r\nb\r\n..c\r\n.\r\n"),  # CRLF only, a dot deep inside
+    ([b"a\r\nb\nc\r\n"], b"a\r\nb\r\nc\r\n.\r\n"),  # one bare LF among CRLFs
+    ([b"a\r\nb\rc\r\n"], b"a\r\nb\r\nc\r\n.\r\n"),  # one bare CR among CRLFs
+    ([b"a\r\n\n\rb\r\n"], b"a\r\n\r\n\r\nb\r\n.\r\n"),  # LF then CR: as many of each
 ])
 def test_boundaries(pieces, text):
     assert stuffed(pieces) == text
