@@ -137,7 +137,8 @@ def new_boundary(content: bytes) -> str:
 def base64_body(data: bytes) -> bytes:
     """`data` in base64, in lines of 76 characters ending in CRLF (RFC 2045 6.8)."""
     encoded = base64.b64encode(data)
-    return b"".join(encoded[i:i + 76] + CRLF for i in range(0, len(encoded), 76))
+    lines = [encoded[i:i + 76] for i in range(0, len(encoded), 76)]
+    return CRLF.join(lines) + CRLF if lines else b""
 
 
 def decode_transfer(body: bytes, encoding: str) -> bytes:
@@ -195,6 +196,9 @@ def walk(data: bytes, max_depth: int = MAX_DEPTH, max_parts: int = MAX_PARTS) ->
 
 def _children(data: bytes, part: Part) -> list[tuple[int, int]]:
     """The spans of a multipart's body parts, or of a message/rfc822's message."""
+    lower = part.head.lower()
+    if b"multipart" not in lower and b"message/" not in lower:
+        return []  # a type token is never encoded: no need to parse this header block
     headers = parse_headers(part.head)
     ctype = headers.get_content_type()
     if ctype in ("message/rfc822", "message/global"):

@@ -199,6 +199,8 @@ def encrypt(entity: bytes, recipients: Sequence[x509.Certificate]) -> bytes:
 def read_cms(entity: bytes) -> cms.ContentInfo | None:
     """The CMS object an application/pkcs7-mime entity (or a *.p7m file part) carries."""
     head, body = split_entity(entity)
+    if b"application/" not in head.lower():
+        return None  # each type that may carry CMS is application/: no header parse
     headers = parse_headers(head)
     ctype = headers.get_content_type()
     filename = (headers.get_filename() or "").lower()

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.transform.mime import base64_body, canonical, part_spans
+from gateway.transform.mime import base64_body, canonical, part_spans, walk
 
 
 @pytest.mark.parametrize(("body", "parts"), [
@@ -42,3 +42,16 @@ def test_base64_body_is_76_character_crlf_lines_of_the_data(data: bytes) -> None
     assert all(0 < len(line) <= 76 for line in lines)
     assert b"\n" not in b"".join(lines) and b"\r" not in b"".join(lines)
     assert base64.b64decode(b"".join(lines), validate=True) == data
+
+
+@pytest.mark.parametrize(("head", "parts"), [
+    (b"Content-Type: multipart/mixed; boundary=b\r\n", 3),
+    (b"Content-Type: MULTIPART/Mixed; boundary=b\r\n", 3),  # type names ignore case
+    (b"Content-Type:\r\n\tMultipart/Alternative;\r\n boundary=b\r\n", 3),  # folded
+    (b"Content-Type: Message/RFC822\r\n", 2),  # the body is one message
+    (b"Content-Type: text/plain\r\nSubject: multipart\r\n", 1),
+    (b"Subject: multipart/mixed; boundary=b\r\n", 1),  # no Content-Type: text/plain
+])
+def test_walk_finds_the_parts_however_the_type_is_written(head: bytes, parts: int) -> None:
+    body = b"--b\r\nContent-Type: text/plain\r\n\r\none\r\n--b\r\n\r\ntwo\r\n--b--\r\n"
+    assert len(list(walk(head + b"\r\n" + body))) == parts

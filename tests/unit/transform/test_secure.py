@@ -311,6 +311,8 @@ def test_message_encrypted_by_openssl_is_recognised(pki: Pki, department: Depart
     (b"application/octet-stream; name=\"SMIME.P7M\"", "06092a864886f70d010703"),
     (b"application/pkcs7-mime; smime-type=authEnveloped-data; name=smime.p7m",
      "060b2a864886f70d0109100117"),
+    (b"APPLICATION/PKCS7-MIME; smime-type=enveloped-data", "06092a864886f70d010703"),
+    (b"\r\n\tApplication/Octet-Stream;\r\n name=brev.p7m", "06092a864886f70d010703"),
 ])
 def test_other_encrypted_labels_are_recognised(content_type: bytes, oid: str) -> None:
     # A ContentInfo of type envelopedData or authEnvelopedData: only its type is read.
