@@ -1,26 +1,33 @@
 """The pipeline never finishes a bounce the sender was not told of, sends each tunnel
-recipient with the TLS level of whoever vouched for it, and keeps mail from outside inside
-the house."""
+recipient with the TLS level of whoever vouched for it, signs and encrypts small mail on
+the loop and larger mail in a thread, and keeps mail from outside inside the house."""
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import threading
 import time
+from functools import cached_property
 from pathlib import Path
 
 import pytest
 
 from gateway.config import load
 from gateway.delivery import Result, TlsPolicy
+from gateway.directory.files import FilesSource
+from gateway.directory.service import CertificateDirectory
+from gateway.directory.validate import RecipientValidator
 from gateway.errors import Reply
 from gateway.inbound.receive import DECRYPTED, Inbound, Receiver
 from gateway.inbound.replies import FileReplyMap, ReplyMapUnavailable
 from gateway.model import DlpOutcome, Envelope, RecipientState, State, TransportCheck
-from gateway.pipeline import Pipeline, Policy
+from gateway.pipeline import PROTECT_ON_LOOP_BYTES, Pipeline, Policy
 from gateway.policy.classify import Classifier
 from gateway.policy.departments import Department
 from gateway.policy.sepo import SepoList
 from gateway.spool.store import Spool, SpoolError, new_id
+from gateway.transform.smime import Signer
 from tests.support.pki import CA
 
 DEMO = Path(__file__).parents[2] / "policies" / "gateway.toml"
@@ -227,6 +234,67 @@ async def test_each_tunnel_goes_with_the_tls_level_of_who_vouched(tmp_path):
     assert levels == {"x@dane.dk": ("dane-only", None), "y@sts.dk": ("mta-sts", ca),
                       "z@ast.dk": ("verify", None), "p@dane.dk": ("dane", None),
                       "q@relay.dk": ("may", None)}
+
+
+class NotingSigner(Signer):
+    """Signs as a department does, noting the thread each message is signed in."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.threads: list[threading.Thread] = []
+
+    def sign(self, entity, now=None) -> bytes:
+        self.threads.append(threading.current_thread())
+        return super().sign(entity, now)
+
+
+class NotingDepartment(Department):
+    @cached_property
+    def signer(self) -> Signer:
+        return NotingSigner(self.certificate, self.key, self.chain)
+
+
+def openssl_cms(*args: str | Path, data: bytes) -> bytes:
+    done = subprocess.run(["openssl", "cms", *map(str, args)], input=data, capture_output=True,
+                          check=True)
+    return done.stdout
+
+
+async def test_small_mail_is_signed_on_the_loop_larger_mail_in_a_thread(tmp_path):
+    config = load(DEMO)
+    ca = CA()
+    ole, signing = ca.issue("olelsen@dhl.dk"), ca.issue("aeldreomsorg@brondby.dk")
+    (tmp_path / "directory").mkdir()
+    (tmp_path / "directory" / "ole.pem").write_bytes(ole.pem)
+    ole.write(tmp_path / "ole.pem", tmp_path / "ole.key", with_chain=False)
+    (tmp_path / "ca.pem").write_bytes(ca.pem)
+    directory = CertificateDirectory(FilesSource(tmp_path / "directory"),
+                                     RecipientValidator([ca.cert]), "files")
+    department = NotingDepartment(config.departments[0], signing.cert, (), signing.key)
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    transport = Recording()
+    policy = Policy(Classifier(("brondby.dk",), SepoList(frozenset(), tmp_path), directory),
+                    (department,))
+    pipeline = Pipeline(config, spool, policy, transport, lambda env: None)
+    bodies = [b"lille\r\n", b"stor linje\r\n" * (PROTECT_ON_LOOP_BYTES // 12 + 1)]
+    try:
+        for body in bodies:
+            env = Envelope(id=new_id(), sender="a@brondby.dk", received=time.time(),
+                           recipients=[RecipientState("olelsen@dhl.dk")])
+            await spool.put(env, b"From: a@brondby.dk\r\nTo: olelsen@dhl.dk\r\n"
+                                 b"Subject: aeldreomsorg%% s\r\n\r\n" + body)
+            await pipeline.attempt(env)
+            assert env.recipients[0].state == State.DELIVERED
+    finally:
+        await directory.close()
+    loop_thread = threading.current_thread()
+    small, large = department.signer.threads
+    assert small is loop_thread and large is not loop_thread
+    for body, (_, _, data) in zip(bodies, transport.sent, strict=True):
+        signed = openssl_cms("-decrypt", "-recip", tmp_path / "ole.pem",
+                             "-inkey", tmp_path / "ole.key", data=data)
+        assert body in openssl_cms("-verify", "-CAfile", tmp_path / "ca.pem", data=signed)
 
 
 CPR_MESSAGE = (b"From: a@brondby.dk\r\nTo: x@hotmail.dk\r\nSubject: s\r\n\r\n"
