@@ -328,8 +328,10 @@ class Pipeline:
             # Replies are routed by the Message-ID they answer: give the mail one.
             message_id = f"<{env.id}@{self.config.smtp.hostname}>"
             stripped = f"Message-ID: {message_id}\r\n".encode("ascii") + stripped
-        decisions = await asyncio.gather(*(self._classify(policy, r.address) for r in due))
-        visible = _visible_recipients(fields)
+        # Nearly all mail has one recipient: classified without a task (a turn of the loop).
+        decisions = ([await self._classify(policy, due[0].address)] if len(due) == 1 else
+                     await asyncio.gather(*(self._classify(policy, r.address) for r in due)))
+        visible: set[str] | None = None  # To and Cc, parsed only once an S/MIME copy needs it
         jobs: dict[tuple[str, ...], Job] = {}
         for r, decision in zip(due, decisions, strict=True):
             r.cls = str(decision.cls)
@@ -347,7 +349,10 @@ class Pipeline:
             tls = (self.tunnel_tls[decision.mechanism or "sepo"]
                    if decision.cls == RecipientClass.TUNNEL else OPPORTUNISTIC)
             # Bcc recipients of S/MIME mail get a copy encrypted for them alone.
-            bcc = decision.cls == RecipientClass.SMIME and r.address.lower() not in visible
+            bcc = False
+            if decision.cls == RecipientClass.SMIME:
+                visible = _visible_recipients(fields) if visible is None else visible
+                bcc = r.address.lower() not in visible
             share = r.address if bcc else ""
             key = (str(decision.cls), route, _hop_domain(route, r.address), share, tls.level)
             job = jobs.setdefault(key, Job(decision.cls, route, tls, [], stripped))
