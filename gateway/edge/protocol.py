@@ -9,7 +9,8 @@ Beyond aiosmtpd: source routes (RFC 5321 4.1.1.3, C) are refused, not ignored; A
 not exist here (relay control is by network); a second STARTTLS is refused (RFC 3207 4.2);
 a failed TLS handshake is one log line; `limits` refuses connections past the caps with
 421 4.7.0; a session idle for `timeout` seconds (no byte from the client, also during
-DATA) gets 421 4.4.2 before it is closed (RFC 5321 4.5.3.2.7).
+DATA; the time the gateway takes to answer a DATA does not count) gets 421 4.4.2 before
+it is closed (RFC 5321 4.5.3.2.7).
 
 DATA is read in chunks, not lines (`edge/data.py`), into a body the handler gives
 (`Handler.incoming`: the spool's, streamed to disk when large); the handler's DATA hook
@@ -170,6 +171,7 @@ class GatewaySMTP(SMTP):
         self._proxy_refusal = ""
         self._idle_deadline = 0.0  # loop time past which the session is idle
         self._timer_at: float | None = None  # when the idle timer is set for, if it is
+        self._answering = False  # the client waits for our reply to its DATA: not idle
         super().__init__(handler, *args, **kwargs)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -277,6 +279,11 @@ class GatewaySMTP(SMTP):
         self._timeout_handle = self.loop.call_at(when, self._idle_check)
 
     def _idle_check(self) -> None:
+        if self._answering:
+            # The client waits for us (a commit behind a stalled disk): a 421 now would
+            # come after the message may be spooled, and its retry would be a duplicate.
+            self._arm_timer(self.loop.time() + self._timeout_duration)
+            return
         if self.loop.time() < self._idle_deadline:  # something came since it was set
             self._arm_timer(self._idle_deadline)
             return
@@ -372,9 +379,12 @@ class GatewaySMTP(SMTP):
             await self.push(LINE_TOO_LONG if checks.too_long else TOO_BIG)
             return
         self.received = Received(body, checks)
+        self._answering = True
         try:
             status = await self._call_handler_hook("DATA")
         finally:
+            self._answering = False
+            self._reset_timeout()  # the client's idle time starts at our answer
             body.discard()  # a hook that failed before its commit leaves no file behind
             self._set_post_data_state()
         await self.push(status)
