@@ -11,6 +11,7 @@ once, and the body is read from the spool file in chunks while it is sent
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
@@ -64,26 +65,34 @@ class Spooled:
             f.seek(self.offset)
             return f.read(self.body_size)
 
-    async def pieces(self, size: int = CHUNK) -> AsyncIterator[bytes]:
-        """The header block, then the body `size` bytes at a time, each read in a thread."""
+    def read_pieces(self, size: int = CHUNK) -> Iterator[bytes]:
+        """The header block, then the body `size` bytes at a time (blocking: in a thread,
+        or in the DLP scan's process); a body cut short is a SpoolReadError."""
         yield self.head
         try:
-            f = await asyncio.to_thread(open, self.path, "rb")
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                left = self.body_size
+                while left > 0:
+                    chunk = f.read(min(size, left))
+                    if not chunk:
+                        raise SpoolReadError(f"{self.path} ended {left} bytes early")
+                    left -= len(chunk)
+                    yield chunk
         except OSError as e:
             raise SpoolReadError(f"cannot read {self.path}: {e}") from None
+
+    async def pieces(self, size: int = CHUNK) -> AsyncIterator[bytes]:
+        """`read_pieces`, each piece read in a thread."""
+        reader = self.read_pieces(size)
         try:
-            await asyncio.to_thread(f.seek, self.offset)
-            left = self.body_size
-            while left > 0:
-                chunk = await asyncio.to_thread(f.read, min(size, left))
-                if not chunk:
-                    raise SpoolReadError(f"{self.path} ended {left} bytes early")
-                left -= len(chunk)
+            while (chunk := await asyncio.to_thread(next, reader, None)) is not None:
                 yield chunk
-        except OSError as e:
-            raise SpoolReadError(f"cannot read {self.path}: {e}") from None
         finally:
-            f.close()
+            # Cancelled while a thread reads on, the reader is running and cannot be
+            # closed here: it closes its file when that read returns and it is let go.
+            with contextlib.suppress(ValueError):
+                reader.close()
 
 
 MessageData = bytes | Spooled  # what a transport sends: in memory, or mostly on disk

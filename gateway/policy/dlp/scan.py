@@ -19,7 +19,7 @@ import copy
 import logging
 import multiprocessing
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
@@ -77,7 +77,7 @@ def scan_message(data: bytes, limits: Limits | None = None,
 def scan_spooled(message: Spooled, limits: Limits | None = None,
                  light: bool = False) -> ScanResult:
     """`scan_message` of a message left in its spool file, read a piece at a time."""
-    return scan_pieces(_spooled_pieces(message), limits, light)
+    return scan_pieces(message.read_pieces(SPOOL_PIECE), limits, light)
 
 
 def scan_pieces(pieces: Iterable[bytes], limits: Limits | None = None,
@@ -90,19 +90,6 @@ def scan_pieces(pieces: Iterable[bytes], limits: Limits | None = None,
     read_message(pieces, extraction)
     return ScanResult(tuple(findings.found), tuple(extraction.gaps),
                       time.perf_counter() - started)
-
-
-def _spooled_pieces(message: Spooled) -> Iterator[bytes]:
-    yield message.head
-    with open(message.path, "rb") as f:
-        f.seek(message.offset)
-        left = message.body_size
-        while left > 0:
-            piece = f.read(min(SPOOL_PIECE, left))
-            if not piece:
-                raise OSError(f"{message.path} ended {left} bytes early")
-            left -= len(piece)
-            yield piece
 
 
 class _Findings:

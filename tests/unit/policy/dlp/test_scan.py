@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from gateway.policy.dlp.scan import ScanFailed, Scanner, describe_places, scan_message
+from gateway.spool.body import SpoolReadError
 from tests.support import documents as d
 from tests.support.spooled import open_spooled
 
@@ -102,6 +103,23 @@ async def test_a_spooled_message_is_read_only_to_where_its_body_ends(tmp_path: P
     scanner = Scanner(inline_max=1000, loop_max=1000)
     try:
         assert [f.masked for f in (await scanner.scan(spooled)).findings] == ["010190-XXXX"]
+    finally:
+        scanner.close()
+
+
+async def test_a_spooled_message_cut_short_fails_the_scan_instead_of_passing_clean(
+        tmp_path: Path):
+    # What was never read cannot be called free of CPR numbers: the attempt is deferred.
+    path = tmp_path / "m.msg"
+    message = d.mail("Hej igen. " * 50_000 + "Bente 010190-1230")
+    path.write_bytes(message)
+    spooled = open_spooled(path)
+    assert spooled is not None
+    os.truncate(path, len(message) // 2)
+    scanner = Scanner(inline_max=1000, loop_max=1000)
+    try:
+        with pytest.raises(SpoolReadError, match="bytes early"):
+            await scanner.scan(spooled)
     finally:
         scanner.close()
 
