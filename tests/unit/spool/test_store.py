@@ -19,6 +19,15 @@ def envelope(n: int = 1) -> Envelope:
                     received=1.0, envid="E1", ret="HDRS")
 
 
+async def spooled_one(tmp_path) -> tuple[Spool, Envelope]:
+    """A spool in `tmp_path` holding one small message."""
+    spool = Spool(tmp_path)
+    spool.prepare()
+    env = envelope()
+    await spool.put(env, b"Subject: x\r\n\r\nbody\r\n")
+    return spool, env
+
+
 async def test_put_then_load_all(tmp_path):
     spool = Spool(tmp_path)
     spool.prepare()
@@ -90,10 +99,7 @@ def test_prepare_drops_unfinished_writes(tmp_path):
 
 async def test_a_message_file_cut_short_is_dropped_at_start(tmp_path):
     # A crash while the commit round wrote it: the footer's lengths do not fit the file.
-    spool = Spool(tmp_path)
-    spool.prepare()
-    env = envelope()
-    await spool.put(env, b"Subject: x\r\n\r\nbody\r\n")
+    spool, env = await spooled_one(tmp_path)
     path = tmp_path / f"{env.id}.msg"
     data = path.read_bytes()
     path.write_bytes(data[:10] + data[-FOOTER_SIZE:])
@@ -271,10 +277,7 @@ async def test_recent_bodies_are_served_from_memory_until_removed(tmp_path):
 
 async def test_a_message_file_whose_footer_is_damaged_is_quarantined_not_removed(tmp_path):
     # The footer was written, so a 250 may have been given: a person looks, nothing is lost.
-    spool = Spool(tmp_path)
-    spool.prepare()
-    env = envelope()
-    await spool.put(env, b"Subject: x\r\n\r\nbody\r\n")
+    _, env = await spooled_one(tmp_path)
     path = tmp_path / f"{env.id}.msg"
     data = bytearray(path.read_bytes())
     data[-3] = ord("z")  # a bit flipped in the footer's CRC field: no longer hexadecimal
