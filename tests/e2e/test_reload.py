@@ -48,14 +48,16 @@ def test_a_replaced_sepo_list_counts_without_a_signal(config: GatewayConfig, dae
     replace(config, "ast.dk\nkl.dk\n")
     wait_for(gateway, lambda: kl_class() == "tunnel")
     assert gateway.metric("sendsikkert_sepo_domains") == 2
-    assert "SEPO list " in gateway.logs() and "changed: 2 domain(s), before 1" in gateway.logs()
+    # The log is written at the end of the loop's turn, just after the list is in use.
+    wait_for(gateway, lambda: "SEPO list " in gateway.logs()
+             and "changed: 2 domain(s), before 1" in gateway.logs())
 
     for broken in ("ast.dk\n<html>404 Not Found</html>\n", ""):
         replace(config, broken)
         wait_for(gateway, lambda: reload_ok() == 0)
         assert kl_class() == "tunnel"  # the running list stays
         assert gateway.http("/readyz")[0] == OK
-        assert "keeping the 2 domain(s) loaded" in gateway.logs()
+        wait_for(gateway, lambda: "keeping the 2 domain(s) loaded" in gateway.logs())
         replace(config, "ast.dk\nkl.dk\n")  # mended (same content, a new file)
         wait_for(gateway, lambda: reload_ok() == 1)
 
