@@ -272,8 +272,11 @@ async def queue(args: argparse.Namespace, config: Config) -> int:
     """The queue of every worker's partition, read from disk; changes via the daemon."""
     root = config.spool.dir
     if args.action == "list":
-        envelopes = await asyncio.to_thread(lambda: list(partitions.envelopes(root)))
-        data = admin.listing(envelopes)
+        found = await asyncio.to_thread(partitions.scan, root)
+        for record, error in found.unreadable.items():
+            print(f"send-sikkert: cannot read spool record {record}: {error}; left as it is "
+                  f"(the daemon's start quarantines what it cannot read)", file=sys.stderr)
+        data = admin.listing(found.envelopes)
         if args.json:
             print(json.dumps(data, ensure_ascii=False))
         else:

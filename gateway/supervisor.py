@@ -232,8 +232,12 @@ class Supervisor:
         return multiprocess.render()
 
     async def queue_envelopes(self) -> list[Envelope]:
-        """Every message of every partition, read from disk (the workers keep it current)."""
-        return await asyncio.to_thread(lambda: list(partitions.envelopes(self.config.spool.dir)))
+        """Every message of every partition, read from disk (the workers keep it current);
+        a record that cannot be read is logged and left to the workers' next start."""
+        found = await asyncio.to_thread(partitions.scan, self.config.spool.dir)
+        for record, error in found.unreadable.items():
+            log.warning("queue listing: cannot read spool record %s: %s", record, error)
+        return found.envelopes
 
     async def retry(self, queue_id: str | None = None) -> bool:
         """Pass `queue retry` to the worker owning the message (to every worker without id)."""

@@ -18,11 +18,9 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
-from gateway.model import Envelope
-from gateway.spool.store import BODY, FREE, MESSAGE, STATE, Spool, fsync_dir, queue_ids
+from gateway.spool.store import BODY, FREE, MESSAGE, STATE, Scan, Spool, fsync_dir, queue_ids
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +108,15 @@ def _with_message(names: set[str], queue_id: str) -> bool:
     return any(queue_id + suffix in names for suffix in (MESSAGE, BODY, FREE))
 
 
-def envelopes(root: Path) -> Iterator[Envelope]:
-    """Every message in every partition (for `queue list`)."""
+def scan(root: Path) -> Scan:
+    """Every message in every partition, and every record that cannot be read (for `queue
+    list`, with or without the daemon: nothing is changed, see `Spool.scan`)."""
+    result = Scan()
     for folder in partitions(root):
-        yield from Spool(folder).load_all()
+        found = Spool(folder).scan()
+        result.envelopes += found.envelopes
+        result.unreadable.update(found.unreadable)
+    return result
 
 
 def owner(root: Path, queue_id: str) -> tuple[int | None, Spool] | None:

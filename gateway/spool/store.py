@@ -43,7 +43,7 @@ import secrets
 import time
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.model import Envelope
@@ -464,6 +464,15 @@ class BodyCache:
             self._bytes -= len(data)
 
 
+@dataclass
+class Scan:
+    """What a reading of the spool found: the messages, oldest first, and each record that
+    could not be read (its folder / its queue id: why)."""
+
+    envelopes: list[Envelope] = field(default_factory=list)
+    unreadable: dict[Path, Exception] = field(default_factory=dict)
+
+
 class Spool:
     """The message store: DIR/<id>.msg (message and envelope), DIR/<id>.json (the state
     once it changed); DIR/<id>.eml with DIR/<id>.json from older versions."""
@@ -671,17 +680,28 @@ class Spool:
             return None
 
     def load_all(self) -> list[Envelope]:
-        """Every spooled message, oldest first.
+        """Every spooled message, oldest first, for a process holding the spool's lock.
 
         A record that cannot be read is moved with its message to DIR/quarantine/ for a
-        person to look at, and logged; the rest of the queue goes on. A message file
-        still being written (no footer yet) is not a message yet and is passed over, and
-        so is a state without its message file: a finished message whose .free file a
-        folder listing may miss while it is renamed, or one a crash left apart from its
-        message in another partition, which must not be quarantined before the next
-        start brings them together (a `queue list` while the daemon is stopped).
+        person to look at, and logged; the rest of the queue goes on.
         """
-        envelopes = []
+        result = self.scan()
+        for record, error in result.unreadable.items():
+            self._quarantine(record.name, error)
+        return result.envelopes
+
+    def scan(self) -> Scan:
+        """Every spooled message, oldest first, and every record that cannot be read;
+        changes nothing, so a listing may run beside the daemon (a record it meets in
+        the middle of a change must not be moved away under the daemon).
+
+        A message file still being written (no footer yet) is not a message yet and is
+        passed over, and so is a state without its message file: a finished message
+        whose .free file a folder listing may miss while it is renamed, or one a crash
+        left apart from its message in another partition, which `prepare` sees to at
+        the next start.
+        """
+        result = Scan()
         names = set(os.listdir(self.dir))
         for queue_id in queue_ids(names):
             try:
@@ -696,12 +716,12 @@ class Spool:
                     envelope = found
                 if envelope.id != queue_id:
                     raise ValueError(f"it holds the envelope of {envelope.id}")
-                envelopes.append(envelope)
+                result.envelopes.append(envelope)
             except FileNotFoundError:
                 continue  # finished and removed while the folder was read
             except (OSError, ValueError, TypeError, KeyError) as e:
-                self._quarantine(queue_id, e)
-        return envelopes
+                result.unreadable[self.dir / queue_id] = e
+        return result
 
     def _quarantine(self, queue_id: str, error: Exception) -> None:
         folder = self.dir / QUARANTINE

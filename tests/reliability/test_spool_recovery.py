@@ -1,10 +1,13 @@
 """A spool record that cannot be read at start is quarantined and logged; the rest of the
-queue is delivered. A spool written by an older version (two files per message) is
-delivered by this one."""
+queue is delivered. A listing reports such a record and changes nothing. A spool written
+by an older version (two files per message) is delivered by this one."""
 
 from __future__ import annotations
 
 import json
+import os
+import time
+from pathlib import Path
 
 from gateway.model import Envelope, RecipientState
 from gateway.spool.store import Spool, new_id
@@ -43,6 +46,54 @@ def test_corrupt_records_are_quarantined(config: GatewayConfig, daemons, outcome
     assert quarantined == sorted([f"{ids[0]}.msg", f"{ids[0]}.json", f"{ids[1]}.msg",
                                   f"{ids[1]}.json", f"{ids[2]}.json", f"{ids[4]}.msg"])
     assert len(logged) == 4 and all(i in "\n".join(logged) for i in ids[:3] + ids[4:])
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    """Every file below `folder` and what it holds."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_listing_reports_a_record_it_cannot_read_and_changes_nothing(
+        config: GatewayConfig, daemons, outcome):
+    """`queue list` needs no lock and may run beside the daemon, which may be changing the
+    very record it reads: quarantining is the daemon's start's, never a reader's."""
+    config.internal_route = "smtp://127.0.0.1:9"  # nothing listens: mail stays queued
+    config.retry_min = config.retry_max = 3600  # and is not tried again meanwhile
+    gateway = Daemon(config)
+    daemons.append(gateway)
+    gateway.start()
+    torn, sound = (gateway.send("a@brondby.dk", ["b@brondby.dk"], MESSAGE % i) for i in range(2))
+    deadline = time.monotonic() + 20
+    while not all(m["attempts"] for m in gateway.http("/api/queue")[1]["messages"]):
+        assert time.monotonic() < deadline, gateway.logs()
+        time.sleep(0.05)  # tried once, so no attempt writes a state in what follows
+    gateway.stop()
+    spool = config.spool / "w0"
+    (spool / f"{torn}.json").write_bytes(b'{"version": 1, "id": ')  # torn JSON
+    before = files(config.spool)
+
+    listed = gateway.cli("queue", "list", "--json")  # no daemon runs
+    assert listed.returncode == 0, listed.stderr
+    assert [m["id"] for m in json.loads(listed.stdout)["messages"]] == [sound]
+    assert files(config.spool) == before, listed.stderr
+    assert f"cannot read spool record {spool / torn}" in listed.stderr, listed.stderr
+
+    gateway.start()  # the start quarantines it; the daemon does not know the next one
+    assert sorted(os.listdir(spool / "quarantine")) == [f"{torn}.json", f"{torn}.msg"]
+    stranger = new_id()
+    (spool / f"{stranger}.msg").write_bytes((spool / f"{sound}.msg").read_bytes())
+    (spool / f"{stranger}.json").write_bytes(b'{"version": 1, "id": ')
+    before = files(config.spool)
+    status, body = gateway.http("/api/queue")
+    listed = gateway.cli("queue", "list", "--json")
+    outcome(f"offline listing: exit 0, reported {torn}, changed nothing; beside the daemon: "
+            f"API {status}, CLI exit {listed.returncode}, spool unchanged "
+            f"{files(config.spool) == before}")
+    assert status == 200 and [m["id"] for m in body["messages"]] == [sound]
+    assert listed.returncode == 0 and stranger in listed.stderr
+    assert files(config.spool) == before
+    assert f"cannot read spool record {spool / stranger}" in gateway.logs()
 
 
 def test_a_spool_of_the_two_file_layout_is_delivered(config: GatewayConfig, daemons,

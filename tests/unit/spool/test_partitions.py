@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from gateway.model import Envelope, RecipientState, State
-from gateway.spool.partitions import envelopes, owner, partition_dir, rebalance
+from gateway.spool.partitions import owner, partition_dir, rebalance, scan
 from gateway.spool.store import Spool, new_id
 
 
@@ -34,7 +34,7 @@ async def test_fewer_workers_get_every_message_of_either_layout(tmp_path):
     old_layout(tmp_path, old, b"Subject: flad\r\n\r\nx\r\n")  # the flat spool of old
     assert rebalance(tmp_path, 2) == 3
     assert sorted(os.listdir(tmp_path)) == ["w0", "w1"]
-    found = {e.id: e for e in envelopes(tmp_path)}
+    found = {e.id: e for e in scan(tmp_path).envelopes}
     assert found == {e.id: e for e in (new, updated, old)}
     for env in (new, updated, old):
         index, home = owner(tmp_path, env.id)
@@ -55,7 +55,7 @@ async def test_a_state_left_behind_by_a_crash_follows_its_message(tmp_path):
     os.replace(leaving.dir / f"{env.id}.msg", home / f"{env.id}.msg")
     rebalance(tmp_path, 2)
     assert sorted(os.listdir(home)) == [f"{env.id}.json", f"{env.id}.msg"]
-    assert [e.recipients[0].attempts for e in envelopes(tmp_path)] == [3]
+    assert [e.recipients[0].attempts for e in scan(tmp_path).envelopes] == [3]
 
 
 async def test_a_message_and_its_state_apart_meet_again_with_fewer_workers(tmp_path):
@@ -78,7 +78,7 @@ async def test_a_message_and_its_state_apart_meet_again_with_fewer_workers(tmp_p
         index, home = owner(root, env.id)
         assert sorted(os.listdir(home.dir)) == sorted([f"{env.id}.json", f"{env.id}.{layout}"])
         Spool(home.dir).prepare()
-        assert [e.recipients[0].attempts for e in envelopes(root)] == [2]
+        assert [e.recipients[0].attempts for e in scan(root).envelopes] == [2]
         assert not list(root.rglob("quarantine"))
 
 
@@ -97,7 +97,7 @@ async def test_a_message_and_its_state_apart_meet_again_with_more_workers(tmp_pa
     rebalance(tmp_path, 4)
     assert sorted(os.listdir(w0)) == [f"{env.id}.json", f"{env.id}.msg"]
     assert os.listdir(w2) == []
-    assert [e.recipients[0].attempts for e in envelopes(tmp_path)] == [1]
+    assert [e.recipients[0].attempts for e in scan(tmp_path).envelopes] == [1]
 
 
 async def test_a_moved_message_is_checked_where_it_goes(tmp_path):
@@ -128,9 +128,9 @@ async def test_a_listing_before_the_next_start_leaves_a_state_apart_from_its_mes
     await spool.put(env, b"Subject: x\r\n\r\nx\r\n")
     env.recipients[0].attempts = 1
     (tmp_path / f"{env.id}.json").write_text(json.dumps(env.to_json()))
-    assert [e.recipients[0].attempts for e in envelopes(tmp_path)] == [0]  # as it arrived
+    assert [e.recipients[0].attempts for e in scan(tmp_path).envelopes] == [0]  # as it arrived
     assert not list(tmp_path.rglob("quarantine"))
     rebalance(tmp_path, 1)
     assert sorted(os.listdir(partition_dir(tmp_path, 0))) == [f"{env.id}.json",
                                                                f"{env.id}.msg"]
-    assert [e.recipients[0].attempts for e in envelopes(tmp_path)] == [1]
+    assert [e.recipients[0].attempts for e in scan(tmp_path).envelopes] == [1]

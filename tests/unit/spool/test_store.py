@@ -195,6 +195,16 @@ async def test_from_outside_is_kept_and_old_records_load_without_it(tmp_path):
     assert Envelope.from_json(old).from_outside is False
 
 
+async def test_a_scan_reports_what_it_cannot_read_and_only_load_all_quarantines(tmp_path):
+    spool, env = await spooled_one(tmp_path)
+    (tmp_path / f"{env.id}.json").write_text("{not json")
+    found = Spool(tmp_path).scan()
+    assert found.envelopes == [] and list(found.unreadable) == [tmp_path / env.id]
+    assert sorted(os.listdir(tmp_path)) == [f"{env.id}.json", f"{env.id}.msg"]
+    assert Spool(tmp_path).load_all() == []
+    assert sorted(os.listdir(tmp_path / "quarantine")) == [f"{env.id}.json", f"{env.id}.msg"]
+
+
 async def test_a_large_body_streams_to_its_file_and_commits_whole(tmp_path):
     spool = Spool(tmp_path)
     spool.prepare()
