@@ -216,7 +216,10 @@ class Gateway:
                                    concurrency=self.concurrency)
         recovered = await asyncio.to_thread(self.spool.load_all)
         for env in recovered:
-            self.scheduler.add(env)
+            if admin.owes_dsn(env):
+                await self._settle(env)
+            else:
+                self.scheduler.add(env)
         if recovered:
             log.info("picked up %d message(s) from the spool", len(recovered))
         handler = self.handler
@@ -279,6 +282,17 @@ class Gateway:
         if dsn is not None:
             self.enqueue(dsn)
         return True
+
+    async def _settle(self, env: Envelope) -> None:
+        """A message deleted before a crash: never delivered, and its sender is told."""
+        try:
+            dsn = await admin.settle(self.spool, self.config, env)
+        except Exception:  # one record must not stop the start; it is settled at the next
+            log.exception("%s: cannot queue the DSN of its deletion; it is tried again at "
+                          "the next start", env.id)
+            return
+        if dsn is not None:
+            self.enqueue(dsn)
 
     async def reload(self) -> None:
         """SIGHUP: re-read the configuration and policy; keep the old ones if anything is bad.

@@ -135,6 +135,9 @@ class RecipientState:
     notify: tuple[str, ...] = ()  # RFC 3461 NOTIFY; empty: the default (FAILURE, DELAY)
     orcpt: str = ""  # RFC 3461 ORCPT, "rfc822;addr" as received
     delay_warned: bool = False
+    # Deleted from the queue: the failed DSN saying so is owed to the sender until the
+    # record goes (spool/admin.py). Records written before it load as False.
+    dsn_owed: bool = False
 
     def wants(self, kind: str) -> bool:
         """Whether the sender asked for a DSN of this kind (FAILURE, DELAY, SUCCESS)."""

@@ -1,7 +1,7 @@
 """What `send-sikkert queue` shows and does: listing, one message's details, deletion.
 
 Used by the daemon's queue endpoints and, when no daemon runs, by the commands directly
-on the spool.
+on the spool; a deletion a crash cut short is settled by the daemon's next start.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from gateway.bounce.report import spool_dsn
 from gateway.config import Config
 from gateway.model import Envelope, State
 from gateway.spool.store import Spool
+
+DELETED = "x-send-sikkert; deleted from the queue by the postmaster"  # Diagnostic-Code
 
 
 class Busy(Exception):
@@ -71,15 +73,32 @@ def describe(env: Envelope) -> str:
 
 
 async def delete(spool: Spool, config: Config, env: Envelope) -> Envelope | None:
-    """Drop a message; its pending recipients are reported to the sender in a failed DSN."""
-    failures = []
-    for r in env.recipients:
-        if r.state.final:
-            continue
-        r.state, r.status = State.BOUNCED, "5.0.0"
-        r.diagnostic = "x-send-sikkert; deleted from the queue by the postmaster"
-        failures.append(Notice(address=r.address, orcpt=r.orcpt, action="failed",
-                               status="5.0.0", diagnostic=r.diagnostic, kind="deleted"))
+    """Drop a message; its pending recipients are reported to the sender in a failed DSN.
+
+    The deletion is on disk before the DSN is spooled: a crash after that leaves a
+    finished message that still owes its DSN (`settle` at the next start), never one
+    delivered after its sender was told it was deleted. A crash after the DSN was
+    spooled may spool it again, which RFC 5321 6.1 prefers to losing it.
+    """
+    pending = [r for r in env.recipients if not r.state.final]
+    for r in pending:
+        r.state, r.status, r.diagnostic = State.BOUNCED, "5.0.0", DELETED
+        r.dsn_owed = True
+    if pending:
+        await spool.update(env)
+    return await settle(spool, config, env)
+
+
+def owes_dsn(env: Envelope) -> bool:
+    """Whether a message was deleted and its sender may not have been told yet."""
+    return any(r.dsn_owed for r in env.recipients)
+
+
+async def settle(spool: Spool, config: Config, env: Envelope) -> Envelope | None:
+    """Spool the DSN a deleted message owes its sender, then remove the message."""
+    failures = [Notice(address=r.address, orcpt=r.orcpt, action="failed", status=r.status,
+                       diagnostic=r.diagnostic, kind="deleted")
+                for r in env.recipients if r.dsn_owed]
     dsn = None
     if failures and any(r.wants("FAILURE") for r in env.recipients):
         data = await spool.body(env.id)

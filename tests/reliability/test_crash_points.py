@@ -1,13 +1,14 @@
 """SIGKILL the daemon before each change to the disk that taking a finished message away,
-or handing messages to fewer or more workers, makes: a recipient delivered before is
-never delivered again, and nothing answered 250 is lost.
+deleting a message from the queue, or handing messages to fewer or more workers, makes:
+a recipient delivered before is never delivered again, nothing answered 250 is lost,
+and a deleted message is never delivered once its sender may have been told so.
 
 A random SIGKILL seldom falls between two system calls a microsecond apart, so strace
 watches the calls that change the message's files: once to find the steps, then once
 per step, freezing the daemon on entering that call (which then never runs) for a
 SIGKILL there; then the daemon is started again as it is, without strace. strace
-watches the worker (attached once it runs) for a removal, and the supervisor from its
-start (not the workers it starts) for a rebalance.
+watches the worker (attached once it runs) for a removal or a deletion, and the
+supervisor from its start (not the workers it starts) for a rebalance.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from gateway.model import Envelope, RecipientState, State
@@ -34,6 +36,10 @@ _CALL = re.compile(r"^(\d+)\s+(\w+)\((.*?)(?:\) += |\s*<unfinished)", re.M)
 _ENTERED = re.compile(rf"^\d+\s+(?:{CHANGES.replace(',', '|')})\(", re.M)
 MESSAGE = b"From: a@brondby.dk\r\nTo: b@brondby.dk, c@brondby.dk\r\nSubject: %s\r\n\r\nx\r\n"
 Seed = Callable[[GatewayConfig], tuple[str, list[Path]]]  # -> the message's id, its paths
+Judge = Callable[[GatewayConfig], tuple[str, bool]]  # -> what became of it, whether right
+RETRY = "POST /api/queue/retry"
+DELETE = "DELETE /api/queue/{id}"
+DELETED = b"deleted from the queue by the postmaster"  # the DSN's Diagnostic-Code
 
 
 def half_delivered(due: float) -> Envelope:
@@ -83,6 +89,19 @@ def removal(emptied_files: int, layout: str = "msg") -> Seed:
             (folder / f"{new_id()}.free").touch()
         return env.id, paths([folder], env.id)
     return seed
+
+
+def deletion(config: GatewayConfig) -> tuple[str, list[Path]]:
+    """A half-delivered message in worker 0's folder, beside one emptied file that the DSN
+    of its deletion is written into. strace -P matches a rename by its first name only:
+    the new state's temporary file and that emptied file make the renames of the state
+    and of the DSN into place steps too."""
+    folder = config.spool / "w0"
+    env = half_delivered(time.time() + 3600)
+    asyncio.run(spooled(folder, env))
+    free = folder / f"{new_id()}.free"
+    free.touch()
+    return env.id, [*paths([folder], env.id), folder / f"{env.id}.json.tmp", free]
 
 
 def flat_four(config: GatewayConfig) -> tuple[str, list[Path]]:
@@ -135,14 +154,16 @@ def strace(config: GatewayConfig, watched: list[Path], freeze: tuple[str, int] |
 
 
 class Run:
-    """One run of the daemon with strace watching; `removal`: the worker's, attached once
-    it runs, and the message retried then; else the supervisor's from its start."""
+    """One run of the daemon with strace watching; with `ask` ("METHOD /path"): the
+    worker's, attached once it runs, and then that asked of the daemon (its answer in
+    `answer`: a frozen worker gives none); else the supervisor's from its start."""
 
     def __init__(self, config: GatewayConfig, daemons: list[Daemon], watched: list[Path],
-                 freeze: tuple[str, int] | None, removal: bool) -> None:
+                 freeze: tuple[str, int] | None, ask: str | None) -> None:
         args = strace(config, watched, freeze)
         self.tracer: subprocess.Popen[bytes] | None = None
-        if removal:
+        self.answer: Future[tuple[int, dict]] | None = None
+        if ask is not None:
             self.daemon = Daemon(config)
             daemons.append(self.daemon)
             self.daemon.start()
@@ -152,8 +173,10 @@ class Run:
             while not all(_traced(t) for t in Path(f"/proc/{worker}/task").iterdir()):
                 assert time.monotonic() < deadline, "strace did not attach"
                 time.sleep(0.02)
-            status, body = self.daemon.http("/api/queue/retry", "POST")
-            assert status == 200, body
+            method, path = ask.split()
+            asking = ThreadPoolExecutor(1)  # its thread ends with the daemon's connection
+            self.answer = asking.submit(self.daemon.http, path, method)
+            asking.shutdown(wait=False)
         else:
             self.daemon = Daemon(config, wrapper=(*args, "-b", "execve"))
             daemons.append(self.daemon)
@@ -216,28 +239,55 @@ def deliveries(config: GatewayConfig) -> Counter[str]:
     return found
 
 
+def redelivered(config: GatewayConfig) -> tuple[str, bool]:
+    """b, delivered before, is never delivered again; c, due, is delivered."""
+    got = deliveries(config)
+    return (f"b delivered again {got['b@brondby.dk']}x, c delivered {got['c@brondby.dk']}x",
+            got["b@brondby.dk"] == 0 and got["c@brondby.dk"] >= 1)
+
+
+def deleted_or_queued(config: GatewayConfig) -> tuple[str, bool]:
+    """Either the message stayed queued (c is delivered once retried) and its sender was
+    never told it was deleted, or c is never delivered and the sender is told (twice
+    at worst: RFC 5321 6.1 prefers a duplicate to a loss)."""
+    got = deliveries(config)
+    told = sum(1 for path in config.outbox.glob("*.eml")
+               if b"X-Envelope-To: a@brondby.dk\r\n" in (data := path.read_bytes())
+               and DELETED in data)
+    queued = got["c@brondby.dk"] >= 1 and told == 0
+    deleted = got["c@brondby.dk"] == 0 and told >= 1
+    return (f"b delivered again {got['b@brondby.dk']}x, c delivered {got['c@brondby.dk']}x, "
+            f"sender told of the deletion {told}x",
+            got["b@brondby.dk"] == 0 and (queued or deleted))
+
+
 def crash_at_every_step(config: GatewayConfig, daemons: list[Daemon], seed: Seed,
-                        workers: int, workers_after: int, removal: bool) -> list[str]:
+                        workers: int, workers_after: int, ask: str | None,
+                        judge: Judge = redelivered) -> list[str]:
     """Run the scenario once to find its steps, then once per step with a SIGKILL there
-    and a start with `workers_after` workers; returns what each step was and what
-    became of b and c."""
+    and a start with `workers_after` workers (and every message retried); returns what
+    each step was and what became of the message (`judge`)."""
     config.workers = workers
     first_id, watched = seed(config)
-    run = Run(config, daemons, watched, None, removal)
+    run = Run(config, daemons, watched, None, ask and ask.format(id=first_id))
+    if run.answer is not None:
+        status, body = run.answer.result(30)
+        assert status == 200, body
     run.daemon.wait_queue_empty(timeout=60)
     run.stop()
     found = steps(config.root / "strace.log")
     assert found, "strace saw no change to the message's files"
-    if not removal:
+    if ask is None:
         found = [s for s in found if s[0] == "rename"]  # the moves; removals: see above
-    assert deliveries(config)["b@brondby.dk"] == 0  # the run without a crash
+    said, right = judge(config)
+    assert right, f"the run without a crash: {said}"
     outcomes = []
     for k, (name, nth, args) in enumerate(found):
         for left in (config.spool, config.outbox, config.root / "strace.log"):
             shutil.rmtree(left) if left.is_dir() else left.unlink(missing_ok=True)
         config.workers = workers
-        _, watched = seed(config)
-        run = Run(config, daemons, watched, (name, nth), removal)
+        queue_id, watched = seed(config)
+        run = Run(config, daemons, watched, (name, nth), ask and ask.format(id=queue_id))
         deadline = time.monotonic() + 60
         while entered(config.root / "strace.log") <= k:
             assert time.monotonic() < deadline, f"never reached step {k + 1}: {name}({args})"
@@ -250,39 +300,43 @@ def crash_at_every_step(config: GatewayConfig, daemons: list[Daemon], seed: Seed
         again.http("/api/queue/retry", "POST")
         again.wait_queue_empty()
         again.stop()
-        got = deliveries(config)
+        said, right = judge(config)
         quarantined = sorted(p.name for p in config.spool.rglob("quarantine/*"))
         step = f"{name}({args.replace(str(config.spool) + '/', '').replace(first_id, 'ID')})"
-        outcomes.append(f"killed before {step}: b delivered again {got['b@brondby.dk']}x, "
-                        f"c delivered {got['c@brondby.dk']}x, quarantined {quarantined}")
-        assert got["b@brondby.dk"] == 0, outcomes[-1]
-        assert got["c@brondby.dk"] >= 1, outcomes[-1]
-        assert quarantined == [], outcomes[-1]
+        outcomes.append(f"killed before {step}: {said}, quarantined {quarantined}")
+        assert right and quarantined == [], outcomes[-1]
     return outcomes
 
 
 def test_a_removal_cut_short_delivers_nobody_twice(config: GatewayConfig, daemons, outcome):
-    for line in crash_at_every_step(config, daemons, removal(0), 1, 1, True):
+    for line in crash_at_every_step(config, daemons, removal(0), 1, 1, RETRY):
         outcome(line)
 
 
 def test_a_removal_cut_short_unlinking_delivers_nobody_twice(config: GatewayConfig, daemons,
                                                               outcome):
-    for line in crash_at_every_step(config, daemons, removal(FREE_MAX), 1, 1, True):
+    for line in crash_at_every_step(config, daemons, removal(FREE_MAX), 1, 1, RETRY):
         outcome(line)
 
 
 def test_a_rebalance_cut_short_then_fewer_workers(config: GatewayConfig, daemons, outcome):
-    for line in crash_at_every_step(config, daemons, flat_four, 4, 2, False):
+    for line in crash_at_every_step(config, daemons, flat_four, 4, 2, None):
         outcome(line)
 
 
 def test_a_rebalance_cut_short_then_more_workers(config: GatewayConfig, daemons, outcome):
-    for line in crash_at_every_step(config, daemons, in_w2, 2, 4, False):
+    for line in crash_at_every_step(config, daemons, in_w2, 2, 4, None):
         outcome(line)
 
 
 def test_a_removal_of_the_two_file_layout_cut_short_delivers_nobody_twice(
         config: GatewayConfig, daemons, outcome):
-    for line in crash_at_every_step(config, daemons, removal(0, "eml"), 1, 1, True):
+    for line in crash_at_every_step(config, daemons, removal(0, "eml"), 1, 1, RETRY):
+        outcome(line)
+
+
+def test_a_deletion_cut_short_is_delivered_only_if_the_sender_was_not_told(
+        config: GatewayConfig, daemons, outcome):
+    for line in crash_at_every_step(config, daemons, deletion, 1, 1, DELETE,
+                                    deleted_or_queued):
         outcome(line)
