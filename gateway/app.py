@@ -308,8 +308,8 @@ class Gateway:
             log.error("reload refused, keeping the running configuration: %s", e)
             return
         for key in ("smtp.listen", "smtp.hostname", "smtp.max_message_size", "smtp.tls",
-                    "http.listen", "spool.dir", "spool.workers", "cluster.database",
-                    "cluster.node"):
+                    "http.listen", "spool.dir", "spool.workers", "spool.sync",
+                    "cluster.database", "cluster.node"):
             section, name = key.split(".")
             if getattr(getattr(config, section), name) != getattr(getattr(self.config, section),
                                                                  name):

@@ -263,6 +263,8 @@ class SpoolConfig(Section):
     # Worker processes sharing the SMTP port, each with its own part of the spool;
     # 0: one per CPU.
     workers: Annotated[int, Strict(), Field(ge=0, le=256)] = 0
+    # How a commit round makes new messages durable (gateway/spool/durable.py).
+    sync: Literal["filesystem", "files"] = "filesystem"
 
 
 class QueueConfig(Section):

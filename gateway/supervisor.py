@@ -46,7 +46,7 @@ from gateway.observe import metrics, multiprocess
 from gateway.policy.classify import Classifier
 from gateway.policy.sepo import SepoWatch
 from gateway.signals import DaemonSignals
-from gateway.spool import admin, partitions
+from gateway.spool import admin, durable, partitions
 from gateway.spool.store import Spool, SpoolBusy
 
 if TYPE_CHECKING:
@@ -101,6 +101,9 @@ class Supervisor:
         except SpoolBusy as e:
             raise ConfigError(self.config.path, "spool.dir", str(e)) from None
         multiprocess.clear_stale(self.config.spool.dir)
+        if durable.effective(self.config.spool.sync) != self.config.spool.sync:
+            log.warning("spool.sync = %s needs syncfs on Linux 5.8 or later: each message "
+                        "file is fsynced instead", self.config.spool.sync)
         await asyncio.to_thread(partitions.rebalance, self.config.spool.dir, len(self.workers))
         self._reserve_ports()
         try:

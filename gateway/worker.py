@@ -50,8 +50,9 @@ async def run(config: Config, index: int, workers: int, control_fd: int, counts_
     signals = DaemonSignals(asyncio.get_running_loop())
     database = open_database(config)
     loaded = await load_policy(config, database=database)
-    gateway = Gateway(config, loaded, Spool(partition_dir(config.spool.dir, index)), workers,
-                      database, SharedCounts(counts_fd, workers, index))
+    spool = Spool(partition_dir(config.spool.dir, index), config.spool.sync)
+    gateway = Gateway(config, loaded, spool, workers, database,
+                      SharedCounts(counts_fd, workers, index))
     await gateway.start()
     loop = asyncio.get_running_loop()
 

@@ -2,7 +2,7 @@
 
 A new message is one file, DIR/<id>.msg: the message as received, then its envelope as
 it arrived (compact JSON) and a fixed footer with both lengths and a CRC-32. It is
-written and fsynced, and its folder fsynced; only then does the edge answer 250
+written and made durable (`durable`), and its folder fsynced; only then does the edge answer 250
 (RFC 5321 6.1). A file whose footer is missing, or does not fit the file's length, was
 never finished (no 250 was given) and is removed at start; one whose CRC does not
 match is quarantined for a person. When a delivery attempt changes the state,
@@ -18,8 +18,9 @@ but emptied and renamed DIR/<id>.free, and the next new message is written into 
 renamed into place once it is durable. It is emptied before the state goes: a state
 beside an emptied file is a finished message whose removal a crash cut short (taken
 away at start), never one to deliver again. Messages that arrive together are committed
-in one round (group commit): one hop to a thread writes all their files, fsyncs them,
-fsyncs the folder once, and takes away the messages finished meanwhile. A finished
+in one round (group commit): one hop to a thread writes all their files, makes them
+durable together (one syncfs, or an fsync each: `spool.sync`), fsyncs the folder once, and
+takes away the messages finished meanwhile. A finished
 message goes without a folder fsync of its own, as Postfix does: after a power cut it
 may come back and be delivered twice, which RFC 5321 6.1 prefers to losing one.
 
@@ -48,6 +49,7 @@ from pathlib import Path
 
 from gateway.model import Envelope
 from gateway.observe import metrics
+from gateway.spool import durable
 from gateway.spool.body import MessageData, read_spooled
 
 log = logging.getLogger(__name__)
@@ -192,8 +194,8 @@ class GroupCommit:
     allocated for the messages that pass through.
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, sync: str) -> None:
+        self.path, self.sync = path, sync
         self.free: list[Path] = []  # emptied files, ready to be written into
         self._writes: list[_Write] = []
         self._finishes: list[_Finish] = []
@@ -229,7 +231,7 @@ class GroupCommit:
                 keep = max(0, FREE_MAX - len(self.free))
                 try:
                     failures, finish_error, freed = await asyncio.to_thread(
-                        _commit, self.path, writes, finishes, keep)
+                        _commit, self.path, self.sync, writes, finishes, keep)
                 except Exception as e:  # unforeseen: no 250, and nobody waits forever
                     error = e if isinstance(e, OSError) else OSError(f"spool commit: {e!r}")
                     failures, finish_error, freed = [error] * len(writes), error, []
@@ -248,10 +250,11 @@ class GroupCommit:
             self._running = None
 
 
-def _commit(folder: Path, writes: list[_Write], finishes: list[_Finish],
+def _commit(folder: Path, sync: str, writes: list[_Write], finishes: list[_Finish],
             keep: int) -> tuple[list[OSError | None], OSError | None, list[Path]]:
     """Take finished messages away (emptying up to `keep` of their files for reuse), then
-    write and fsync each new message file and fsync the folder once.
+    write each new message file, make them durable (`durable.sync`), give each its name
+    and fsync the folder once.
 
     Returns a failure per message (None: durable), the first failure to take a finished
     message away, and the files emptied for reuse.
@@ -269,33 +272,43 @@ def _commit(folder: Path, writes: list[_Write], finishes: list[_Finish],
     if not writes:
         return [], finish_error, freed
     failures: list[OSError | None] = [None] * len(writes)
-    for i, write in enumerate(writes):
-        path = folder / (write.queue_id + MESSAGE)
-        fd = write.fd
-        try:
-            if fd < 0:
-                fd = os.open(write.free or path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-            crc = zlib.crc32(write.envelope, zlib.crc32(write.data, write.crc))
-            _write_all(fd, b"".join((write.data, write.envelope,
-                                     footer(write.size, len(write.envelope), crc))))
-            os.fsync(fd)
-            if write.free is not None:
-                os.rename(write.free, path)  # whole and durable before it has its name
-        except OSError as e:
-            failures[i] = e
-        if fd >= 0:
-            with contextlib.suppress(OSError):  # fsynced or failed already: nothing to add
-                os.close(fd)
-        if failures[i] is not None:
-            # A full disk leaves nothing half-written behind.
-            for left in (write.free, path):
-                if left is not None:
-                    with contextlib.suppress(OSError):
-                        left.unlink(missing_ok=True)
+    folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)  # before the writes: see sync
+    fds = [-1] * len(writes)
     try:
-        fsync_dir(folder)
-    except OSError as e:  # nothing in the round is durable
-        failures = [e] * len(writes)
+        for i, write in enumerate(writes):
+            try:
+                fds[i] = write.fd if write.fd >= 0 else os.open(
+                    write.free or folder / (write.queue_id + MESSAGE),
+                    os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+                crc = zlib.crc32(write.envelope, zlib.crc32(write.data, write.crc))
+                _write_all(fds[i], b"".join((write.data, write.envelope,
+                                             footer(write.size, len(write.envelope), crc))))
+            except OSError as e:
+                failures[i] = e
+        durable.sync(sync, folder_fd, fds, failures,
+                     frozenset(i for i, write in enumerate(writes) if write.fd >= 0))
+        for i, write in enumerate(writes):
+            path = folder / (write.queue_id + MESSAGE)
+            if failures[i] is None and write.free is not None:
+                try:
+                    os.rename(write.free, path)  # whole and durable before it has its name
+                except OSError as e:
+                    failures[i] = e
+            if fds[i] >= 0:
+                with contextlib.suppress(OSError):  # durable or failed already: nothing to add
+                    os.close(fds[i])
+            if failures[i] is not None:
+                # A full disk leaves nothing half-written behind.
+                for left in (write.free, path):
+                    if left is not None:
+                        with contextlib.suppress(OSError):
+                            left.unlink(missing_ok=True)
+        try:
+            os.fsync(folder_fd)
+        except OSError as e:  # nothing in the round is durable
+            failures = [e] * len(writes)
+    finally:
+        os.close(folder_fd)
     return failures, finish_error, freed
 
 
@@ -477,10 +490,11 @@ class Spool:
     """The message store: DIR/<id>.msg (message and envelope), DIR/<id>.json (the state
     once it changed); DIR/<id>.eml with DIR/<id>.json from older versions."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, sync: str = durable.FILESYSTEM) -> None:
+        """`sync`: `spool.sync`, how new messages are made durable (`durable`)."""
         self.dir = directory
         self._sync = GroupSync(directory)
-        self._commit = GroupCommit(directory)
+        self._commit = GroupCommit(directory, durable.effective(sync))
         self._recent = BodyCache()
         self._fresh: set[str] = set()  # spooled here and never updated: no state file
         self._lock_fd: int | None = None

@@ -109,6 +109,7 @@ class GatewayConfig:
     # One worker keeps the many daemon starts of the suite cheap on shared cores; the
     # scenarios of several workers (tests/e2e/test_workers.py) ask for more.
     workers: int = 1
+    spool_sync: str = ""  # spool.sync; "": the default
     smtp_tls: str = ""  # a [smtp.tls] table, e.g. 'cert = "..."\nkey = "..."'
     smtp_extra: str = ""  # more [smtp] keys, e.g. "timeout = 1"
     internal_route: str = ""
@@ -200,6 +201,7 @@ listen = "127.0.0.1:{self.http_port}"
 [spool]
 dir = "{self.spool}"
 workers = {self.workers}
+{f'sync = "{self.spool_sync}"' if self.spool_sync else ""}
 
 [queue]
 retry_min = {self.retry_min}

@@ -18,6 +18,7 @@ def test_demo_configuration_loads():
     assert config.organisation.internal_domains == ("brondby.dk",)
     assert config.departments[0].id == "aeldreomsorg"
     assert config.spool.dir == (DEMO.parent.parent / "var" / "spool").resolve()
+    assert config.spool.sync == "filesystem"
     assert config.routes.internal.startswith("file:/")
 
 
@@ -116,6 +117,7 @@ def test_configuration_is_frozen():
     ('stamp = "Sendt', 'replies = "me"\nstamp = "Sendt', "departments[0].replies",
      'must be "person" or "department"'),
     ("[spool]", "[spol]", "spool", "section is missing"),
+    ("[spool]", '[spool]\nsync = "fsync"', "spool.sync", 'must be "filesystem" or "files"'),
     ('path = "../certs/directory"\n', "", "directory.path", "required"),
 ])
 def test_new_keys_are_checked(tmp_path, old, new, key, message):
