@@ -11,6 +11,7 @@ from gateway.config import QueueConfig
 from gateway.model import Envelope, RecipientState, State
 from gateway.spool.scheduler import Scheduler, backoff
 from gateway.spool.store import Spool, new_id
+from tests.support.waiting import eventually
 
 QUEUE = QueueConfig(retry_min=60, retry_max=3600, concurrency=2)
 
@@ -56,17 +57,20 @@ async def test_deferred_recipient_waits_and_delivered_message_leaves(spool):
     env = await queued(spool, "x@hotmail.dk")
     scheduler.add(env)
     task = asyncio.create_task(scheduler.run())
-    await asyncio.sleep(0.05)
+    # The state is written in a thread, a fsync or two away: wait for it on disk.
+    await eventually(lambda: spool.read(env.id).recipients[0].next_attempt != 0,
+                     "the first outcome on disk")
     assert seen == [1000.0]
     assert env.recipients[0].next_attempt == 1060.0  # retry_min after the first failure
     assert spool.read(env.id).recipients[0].next_attempt == 1060.0  # and on disk
     clock.now = 1060.0
     scheduler.retry()  # wake it: the fake clock does not advance the loop's timer
-    await asyncio.sleep(0.05)
+    await eventually(lambda: len(seen) == 2, "the second attempt")
+    await eventually(lambda: env.recipients[0].next_attempt != 1060.0, "the second outcome")
     assert env.recipients[0].next_attempt == 1180.0  # doubled
     clock.now = 1180.0
     scheduler.retry()
-    await asyncio.sleep(0.05)
+    await eventually(lambda: not scheduler.messages, "the delivered message removed")
     assert seen == [1000.0, 1060.0, 1180.0]
     assert scheduler.messages == {} and spool.load_all() == []
     await scheduler.stop()
@@ -91,16 +95,12 @@ async def test_one_attempt_per_message_and_concurrency_limit(spool):
     for _ in range(5):
         scheduler.add(await queued(spool, "x@hotmail.dk"))
     task = asyncio.create_task(scheduler.run())
-    await asyncio.sleep(0.05)
+    await eventually(lambda: len(running) == 2, "two attempts running")
     scheduler.retry()  # asking again while they run must not start a second attempt
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # (a chance to start one, which must not be taken)
     assert peak == 2
     release.set()
-    for _ in range(100):
-        if not scheduler.messages:
-            break
-        await asyncio.sleep(0.01)
-    assert scheduler.messages == {}
+    await eventually(lambda: not scheduler.messages, "every message removed")
     await scheduler.stop()
     await task
 
@@ -131,17 +131,15 @@ async def test_recording_an_outcome_does_not_hold_a_delivery_slot(tmp_path):
     scheduler.add(first)
     scheduler.add(second)
     task = asyncio.create_task(scheduler.run())
-    await asyncio.sleep(0.05)
+    # The first's removal never ends while the gate is shut: the second comes all the same.
+    await eventually(lambda: len(attempts) == 2, "the second attempt")
     assert attempts == [first.id, second.id]  # the second did not wait for the first's removal
     scheduler.retry()  # still one attempt per message: the first is not tried again meanwhile
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # (a chance to try it again, which must not be taken)
     assert attempts == [first.id, second.id]
     assert scheduler.busy(first.id) and {e.id for e in spool.load_all()} == {first.id, second.id}
     spool.gate.set()
-    for _ in range(100):
-        if not scheduler.messages:
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: not scheduler.messages, "both messages removed")
     assert scheduler.messages == {} and spool.load_all() == []
     await scheduler.stop()
     await task
@@ -155,7 +153,8 @@ async def test_unexpected_error_defers_never_drops(spool):
     env = await queued(spool, "x@hotmail.dk", "y@hotmail.dk")
     scheduler.add(env)
     task = asyncio.create_task(scheduler.run())
-    await asyncio.sleep(0.05)
+    await eventually(lambda: spool.read(env.id).recipients[0].attempts == 1,
+                     "the deferral on disk")
     on_disk = spool.read(env.id)
     assert [r.state for r in on_disk.recipients] == [State.DEFERRED, State.DEFERRED]
     assert on_disk.recipients[0].last_error == "internal error, will retry"
