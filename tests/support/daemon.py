@@ -407,15 +407,22 @@ class Daemon:
         return sorted(self.config.outbox.glob("*.eml"))
 
     def wait_outbox(self, count: int, timeout: float = 20) -> list[Path]:
+        """Every file in the outbox, once `count` of them are delivered in full.
+
+        A file is there from its creation, before it is written and fsynced and before the
+        delivery is counted and logged; the daemon's "delivered ... relay=PATH" line says
+        all of that is done, so a test may then read the file, the metrics and the log.
+        """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             files = self.outbox()
             if len(files) >= count:
-                time.sleep(0.1)  # let a batch that is being written finish
-                return self.outbox()
+                log = self.logs()
+                if sum(str(f) in log for f in files) >= count:
+                    return self.outbox()
             time.sleep(0.05)
-        raise AssertionError(f"expected {count} file(s) in the outbox, got {self.outbox()}:\n"
-                             f"{self.logs()[-4000:]}")
+        raise AssertionError(f"expected {count} delivered file(s) in the outbox, got "
+                             f"{self.outbox()}:\n{self.logs()[-4000:]}")
 
     def spooled(self) -> list[Path]:
         """The message file of every queued message, in every worker's part of the spool
