@@ -44,7 +44,8 @@ attributes = ["userCertificate;binary", "userSMIMECertificate;binary"]
 trust_anchors = ["{config.certs / 'trust'}/*.pem"]
 cache_ttl = 0
 negative_cache_ttl = 0
-timeout = 1
+# Stopped, slapd refuses at once; running, it must never seem down on loaded cores.
+timeout = 10
 """
 
 
