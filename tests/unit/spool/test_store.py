@@ -10,6 +10,7 @@ import os
 from gateway.model import Envelope, RecipientState, State
 from gateway.spool.body import Spooled, whole
 from gateway.spool.store import FOOTER_SIZE, STREAM_AT, Spool, new_id
+from tests.support.waiting import eventually
 
 
 def envelope(n: int = 1) -> Envelope:
@@ -277,10 +278,8 @@ async def test_a_body_discarded_while_its_thread_writes_leaves_nothing(tmp_path)
         return read
 
     assert await asyncio.to_thread(drain) == STREAM_AT
-    for _ in range(100):  # then the body's file goes
-        if not fifo.exists():
-            break
-        await asyncio.sleep(0.02)
+    # Then the body's file goes, once the thread's write has ended (another thread hop).
+    await eventually(lambda: not fifo.exists(), "the body's file removed")
     assert list(tmp_path.iterdir()) == []
 
 
