@@ -22,6 +22,7 @@ from tests.e2e.conftest import sample
 from tests.support.daemon import SCRIPT
 from tests.support.identifiers import without_identifiers
 from tests.support.ports import fixed_ports
+from tests.support.waiting import until
 
 ROOT = Path(__file__).parents[2]
 
@@ -52,6 +53,18 @@ def wait_https(port: int, ca: Path, proc: subprocess.Popen, log: Path) -> None:
         except OSError:
             time.sleep(0.05)
     raise AssertionError(log.read_text())
+
+
+def delivered(outbox: Path, log: Path, count: int) -> list[Path]:
+    """The outbox's files once `count` are delivered in full. A file is there from its
+    creation, before it is written; the daemon's "delivered ... relay=.../NAME" line comes
+    after its write and fsync."""
+    def done() -> bool:
+        text = log.read_text(errors="replace")
+        return sum(f.name in text for f in outbox.glob("*.eml")) >= count
+
+    until(done, lambda: log.read_text(errors="replace")[-3000:], within=20)
+    return sorted(outbox.glob("*.eml"))
 
 
 def test_dev_init_into_another_folder(checkout: Path):
@@ -90,10 +103,7 @@ def serve_the_demo(checkout: Path, env: dict[str, str], smtp_port: int, http_por
             client.sendmail("lela@brondby.dk", ["olelsen@dhl.dk", "hm@hotmail.dk"],
                             sample("03-cpr-and-health-tagged.eml").replace(b", bolig 127", b""))
         outbox = checkout / "var" / "outbox"
-        deadline = time.monotonic() + 20
-        while len(list(outbox.glob("*.eml"))) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        files = sorted(outbox.glob("*.eml"))
+        files = delivered(outbox, log, 2)
         assert len(files) == 2, log.read_text()
         messages = [email.message_from_bytes(f.read_bytes(), policy=email.policy.default)
                     for f in files]
@@ -118,9 +128,7 @@ def serve_the_demo(checkout: Path, env: dict[str, str], smtp_port: int, http_por
                     b"\r\nDin mor, cpr. 220910-1234, har skinnebenssaar.\r\n")
         with smtplib.SMTP("127.0.0.1", smtp_port, timeout=30) as client:
             client.sendmail("lela@brondby.dk", ["hm@hotmail.dk"], untagged)
-        while len(list(outbox.glob("*.eml"))) < 3 and time.monotonic() < deadline + 20:
-            time.sleep(0.05)
-        [dsn] = [f for f in outbox.glob("*.eml") if f not in files]
+        [dsn] = [f for f in delivered(outbox, log, 3) if f not in files]
         assert b"Subject: Ikke afleveret: CPR-nummer" in dsn.read_bytes()
         assert b"1234" not in without_identifiers(dsn.read_bytes())
         scan = subprocess.run([SCRIPT, "scan", str(dsn)], cwd=checkout, env=env,
