@@ -12,6 +12,7 @@ from pathlib import Path
 from gateway.model import Envelope, RecipientState
 from gateway.spool.store import Spool, new_id
 from tests.support.daemon import Daemon, GatewayConfig
+from tests.support.waiting import until
 
 MESSAGE = b"From: a@brondby.dk\r\nTo: b@brondby.dk\r\nSubject: s %d\r\n\r\nbody\r\n"
 
@@ -93,7 +94,9 @@ def test_a_listing_reports_a_record_it_cannot_read_and_changes_nothing(
     assert status == 200 and [m["id"] for m in body["messages"]] == [sound]
     assert listed.returncode == 0 and stranger in listed.stderr
     assert files(config.spool) == before
-    assert f"cannot read spool record {spool / stranger}" in gateway.logs()
+    # Logged as the listing is answered: the line is written at the end of that loop turn.
+    until(lambda: f"cannot read spool record {spool / stranger}" in gateway.logs(),
+          lambda: gateway.logs()[-3000:])
 
 
 def test_a_spool_of_the_two_file_layout_is_delivered(config: GatewayConfig, daemons,
