@@ -20,6 +20,7 @@ import ssl
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from gateway.bounce import owed
 from gateway.cluster import mta_sts_store
 from gateway.config import Config, ConfigError, load
 from gateway.delivery import Router
@@ -216,10 +217,11 @@ class Gateway:
                                    concurrency=self.concurrency)
         recovered = await asyncio.to_thread(self.spool.load_all)
         for env in recovered:
-            if admin.owes_dsn(env):
+            if owed.owes_dsn(env):
                 await self._settle(env)
-            else:
-                self.scheduler.add(env)
+                if env.done:  # removed, or its debt stands for the next start
+                    continue
+            self.scheduler.add(env)  # its pending recipients are delivered as ever
         if recovered:
             log.info("picked up %d message(s) from the spool", len(recovered))
         handler = self.handler
@@ -278,20 +280,20 @@ class Gateway:
         if self.scheduler.busy(queue_id):
             raise admin.Busy(f"{queue_id} is being delivered right now; try again")
         self.scheduler.forget(queue_id)
-        dsn = await admin.delete(self.spool, self.config, env)
-        if dsn is not None:
+        for dsn in await admin.delete(self.spool, self.config, env):
             self.enqueue(dsn)
         return True
 
     async def _settle(self, env: Envelope) -> None:
-        """A message deleted before a crash: never delivered, and its sender is told."""
+        """An outcome a crash left untold (a bounce, a deletion...): its sender is told
+        before anything else is done with the message."""
         try:
-            dsn = await admin.settle(self.spool, self.config, env)
+            dsns = await owed.settle(self.spool, self.config, env)
         except Exception:  # one record must not stop the start; it is settled at the next
-            log.exception("%s: cannot queue the DSN of its deletion; it is tried again at "
-                          "the next start", env.id)
+            log.exception("%s: cannot queue the DSN it owes; it is tried again at the next "
+                          "start", env.id)
             return
-        if dsn is not None:
+        for dsn in dsns:
             self.enqueue(dsn)
 
     async def reload(self) -> None:

@@ -135,9 +135,10 @@ class RecipientState:
     notify: tuple[str, ...] = ()  # RFC 3461 NOTIFY; empty: the default (FAILURE, DELAY)
     orcpt: str = ""  # RFC 3461 ORCPT, "rfc822;addr" as received
     delay_warned: bool = False
-    # Deleted from the queue: the failed DSN saying so is owed to the sender until the
-    # record goes (spool/admin.py). Records written before it load as False.
-    dsn_owed: bool = False
+    # The kind of news (bounce/dsn.py Kind) the sender is owed a DSN of, "" for none: the
+    # outcome is on disk before its DSN is spooled (bounce/owed.py). Records written
+    # before it load as ""; true, from a version that owed only deletions, as "deleted".
+    dsn_owed: str = ""
 
     def wants(self, kind: str) -> bool:
         """Whether the sender asked for a DSN of this kind (FAILURE, DELAY, SUCCESS)."""
@@ -207,9 +208,17 @@ class Envelope:
         data = dict(data)
         data.pop("version")
         recipients = [
-            RecipientState(**{**r, "state": State(r["state"]), "notify": tuple(r["notify"])})
+            RecipientState(**{**r, "state": State(r["state"]), "notify": tuple(r["notify"]),
+                              "dsn_owed": _owed(r.get("dsn_owed", ""))})
             for r in data.pop("recipients")
         ]
         dlp = data.pop("dlp", None)
         return cls(recipients=recipients, dlp=DlpOutcome.from_json(dlp) if dlp else None,
                    **data)
+
+
+def _owed(value: str | bool) -> str:
+    """A record's `dsn_owed`: true and false come from when only a deletion owed one."""
+    if isinstance(value, bool):
+        return "deleted" if value else ""
+    return value

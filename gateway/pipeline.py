@@ -16,7 +16,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from email.utils import getaddresses
 from typing import Any
@@ -24,8 +24,8 @@ from typing import Any
 from cryptography import x509
 
 from gateway import rawmail
-from gateway.bounce.dsn import Kind, Notice
-from gateway.bounce.report import spool_dsn
+from gateway.bounce import owed
+from gateway.bounce.dsn import Kind
 from gateway.config import Config
 from gateway.delivery import Rcpt, Result, Route, TlsPolicy, Transport, parse_route
 from gateway.errors import Reply
@@ -41,7 +41,7 @@ from gateway.policy.dlp.scan import ScanFailed, Scanner, describe_places, limits
 from gateway.policy.routing import Routing
 from gateway.policy.tags import read_tags, resolve_department
 from gateway.spool.body import MessageData, Spooled, head_of, whole
-from gateway.spool.store import Spool, SpoolError
+from gateway.spool.store import Spool
 from gateway.transform.headers import outgoing
 from gateway.transform.mime import MimeLimitError
 from gateway.transform.secure import protect
@@ -126,7 +126,7 @@ class Pipeline:
             # reported yet (that comes last, and never raises): it must not stay final.
             for r in due:
                 if r.state == State.BOUNCED:
-                    r.state = State.QUEUED
+                    r.state, r.dsn_owed = State.QUEUED, ""
             raise
 
     async def _attempt(self, env: Envelope, due: list[RecipientState], now: float) -> None:
@@ -134,10 +134,9 @@ class Pipeline:
         # untagged, it is sent from there in chunks with a new header block.
         data = await self.spool.message(env.id)
         head = head_of(data)
-        notices: list[Notice] = []
         if env.from_outside:  # never tagged, never scanned (CONTRACT "Inbound")
-            jobs = await self._inbound_jobs(env, due, await whole(data), notices)
-            await self._finish(env, due, head, jobs, notices, now)
+            jobs = await self._inbound_jobs(env, due, await whole(data))
+            await self._finish(env, due, head, jobs, now)
             return
         fields = rawmail.head_fields(head)
         tagging = read_tags(fields, self.config.tags)
@@ -150,8 +149,7 @@ class Pipeline:
             stripped = (outgoing(data, self.config.tags) if len(data) < INLINE_BYTES
                         else await asyncio.to_thread(outgoing, data, self.config.tags))
         if not tagging.tagged:
-            jobs = await self._untagged_jobs(env, due, data, stripped, fields, tagging.subject,
-                                             notices)
+            jobs = await self._untagged_jobs(env, due, data, stripped, fields, tagging.subject)
         else:
             assert isinstance(stripped, bytes)
             if tagging.doubt:
@@ -162,20 +160,19 @@ class Pipeline:
             if refusal is not None:
                 for r in due:
                     r.cls = str(RecipientClass.UNSAFE)
-                    notices.append(self._bounce(env, r, "5.7.1", refusal.text, refusal.kind))
+                    self._bounce(env, r, "5.7.1", refusal.text, refusal.kind)
                 jobs = []
             else:
                 assert department is not None
-                jobs = await self._secure_jobs(env, due, stripped, fields, department, policy,
-                                               notices)
-        await self._finish(env, due, head, jobs, notices, now)
+                jobs = await self._secure_jobs(env, due, stripped, fields, department, policy)
+        await self._finish(env, due, head, jobs, now)
 
     async def _finish(self, env: Envelope, due: list[RecipientState], head: bytes,
-                      jobs: list[Job], notices: list[Notice], now: float) -> None:
+                      jobs: list[Job], now: float) -> None:
         """Deliver the jobs, then report and record what became of every due recipient.
 
         `head` is the message, or at least its header block: all a DSN quotes of it."""
-        outcomes = await _each([self._deliver(env, job, notices) for job in jobs])
+        outcomes = await _each([self._deliver(env, job) for job in jobs])
         for job, outcome in zip(jobs, outcomes, strict=True):
             if not isinstance(outcome, BaseException):
                 continue
@@ -187,8 +184,8 @@ class Pipeline:
             for r in job.recipients:
                 if not r.state.final:
                     self._defer(env, r, reply)
-        self._age_checks(env, notices)
-        await self._report(env, head, notices)
+        self._age_checks(env)
+        await self._report(env, head)
         for r in due:
             env.history.append({"time": round(now, 3), "address": r.address,
                                 "state": str(r.state), "class": r.cls,
@@ -196,8 +193,7 @@ class Pipeline:
 
     async def _untagged_jobs(self, env: Envelope, due: list[RecipientState],
                              data: MessageData, stripped: MessageData,
-                             fields: list[rawmail.Field], subject: str,
-                             notices: list[Notice]) -> list[Job]:
+                             fields: list[rawmail.Field], subject: str) -> list[Job]:
         """Relayed unchanged, unless the DLP scan found a CPR number (CONTRACT table)."""
         try:
             outcome = await self._dlp(env, data)
@@ -229,13 +225,11 @@ class Pipeline:
         if refusal is not None:
             for r in external:
                 r.cls = str(RecipientClass.UNSAFE)
-                notices.append(self._bounce(env, r, "5.7.1", refusal.text, refusal.kind,
-                                            found_in=outcome.found))
+                self._bounce(env, r, "5.7.1", refusal.text, refusal.kind)
             return jobs
         assert department is not None
         return jobs + await self._secure_jobs(env, external, await whole(stripped), fields,
-                                              department, self.policy, notices,
-                                              found_in=outcome.found)
+                                              department, self.policy, cpr=True)
 
     async def _dlp(self, env: Envelope, data: MessageData) -> DlpOutcome | None:
         """The DLP outcome, decided at the first attempt and kept in the spool record."""
@@ -287,8 +281,8 @@ class Pipeline:
             groups[key].recipients.append(r)
         return list(groups.values())
 
-    async def _inbound_jobs(self, env: Envelope, due: list[RecipientState], data: bytes,
-                            notices: list[Notice]) -> list[Job]:
+    async def _inbound_jobs(self, env: Envelope, due: list[RecipientState],
+                            data: bytes) -> list[Job]:
         """Mail from outside: decrypted, verified and labelled, then to `routes.internal`."""
         policy = self.policy
         receiver = policy.receiver or Receiver((), None, None, decrypt=False,
@@ -303,8 +297,8 @@ class Pipeline:
         for r in due:
             r.cls = str(RecipientClass.PLAIN)
             if not domain_matches(domain_of(r.address), internal):  # internal_domains changed
-                notices.append(self._bounce(env, r, "5.7.1", "mail from outside is delivered "
-                                            "to internal recipients only", "not_internal"))
+                self._bounce(env, r, "5.7.1", "mail from outside is delivered to internal "
+                             "recipients only", "not_internal")
                 continue
             try:
                 targets = await reply_targets(received, r.address, policy.departments,
@@ -320,9 +314,8 @@ class Pipeline:
 
     async def _secure_jobs(self, env: Envelope, due: list[RecipientState], stripped: bytes,
                            fields: list[rawmail.Field], department: Department,
-                           policy: Policy, notices: list[Notice],
-                           found_in: tuple[tuple[str, str], ...] = ()) -> list[Job]:
-        """Tagged mail, or untagged mail holding a CPR number (`found_in` its places)."""
+                           policy: Policy, cpr: bool = False) -> list[Job]:
+        """Tagged mail, or untagged mail holding a CPR number (`cpr`)."""
         message_id = rawmail.get(fields, "Message-ID")
         if department.config.replies == "department" and not message_id:
             # Replies are routed by the Message-ID they answer: give the mail one.
@@ -337,9 +330,7 @@ class Pipeline:
             r.cls = str(decision.cls)
             maillog.classified(env.id, r.address, r.cls, decision.reason)
             if decision.cls == RecipientClass.UNSAFE:
-                notices.append(self._bounce(env, r, "5.7.1", decision.reason,
-                                            "cpr_found" if found_in else "unsafe",
-                                            found_in=found_in))
+                self._bounce(env, r, "5.7.1", decision.reason, "cpr_found" if cpr else "unsafe")
                 continue
             if decision.cls == RecipientClass.UNKNOWN:
                 self._defer(env, r, Reply(451, "4.4.3", decision.reason))
@@ -366,7 +357,7 @@ class Pipeline:
                     job.data = await _protected(stripped, department, job.certificates)
                 except MimeLimitError as e:  # it never will be: bounce now, not at max_age
                     for r in job.recipients:
-                        notices.append(self._bounce(env, r, "5.6.0", str(e), "structure"))
+                        self._bounce(env, r, "5.6.0", str(e), "structure")
                     continue
                 except Exception as e:  # a bug or bad input must never send it unprotected
                     log.exception("%s: S/MIME protection failed", env.id)
@@ -399,7 +390,7 @@ class Pipeline:
         except InvalidAddress as e:
             return Decision(address, RecipientClass.UNSAFE, str(e))
 
-    async def _deliver(self, env: Envelope, job: Job, notices: list[Notice]) -> None:
+    async def _deliver(self, env: Envelope, job: Job) -> None:
         started = time.perf_counter()
         route: Route = _route(job.route)
         label = "plain" if job.cls == RecipientClass.PLAIN else str(job.cls)
@@ -421,16 +412,12 @@ class Pipeline:
                 r.diagnostic = _diagnostic(reply)
                 metrics.child(metrics.recipients, label, "delivered").inc()
                 self._log("delivered", env, r, reply, result)
-                if r.wants("SUCCESS") and r.address not in result.dsn_relayed:
+                if r.address not in result.dsn_relayed:
                     # RFC 3461 6.2: a next hop without DSN cannot confirm; say so ourselves.
-                    action = "delivered" if route.kind == "file" else "relayed"
-                    notices.append(Notice(address=r.address, orcpt=r.orcpt, action=action,
-                                          status="2.0.0", diagnostic=r.diagnostic,
-                                          kind=action))
+                    owed.owe(r, "delivered" if route.kind == "file" else "relayed")
             elif reply.permanent:
                 kind = _KIND_BY_STATUS.get(reply.status, "rejected")
-                notices.append(self._bounce(env, r, reply.status, str(reply), kind,
-                                            hop=result, reply=reply))
+                self._bounce(env, r, reply.status, str(reply), kind, hop=result, reply=reply)
             else:
                 self._defer(env, r, reply, hop=result)
 
@@ -443,17 +430,16 @@ class Pipeline:
         metrics.child(metrics.recipients, label, "deferred").inc()
         self._log("deferred", env, r, reply, hop)
 
-    def _bounce(self, env: Envelope, r: RecipientState, status: str, reason: str, kind: str,
-                hop: Result | None = None, reply: Reply | None = None,
-                found_in: tuple[tuple[str, str], ...] = ()) -> Notice:
-        """Final failure: our `reason`, or the `reply` of the next hop in `hop`."""
+    def _bounce(self, env: Envelope, r: RecipientState, status: str, reason: str, kind: Kind,
+                hop: Result | None = None, reply: Reply | None = None) -> None:
+        """Final failure: our `reason`, or the `reply` of the next hop in `hop`; its DSN
+        is owed (`_report`)."""
         r.state, r.status, r.last_error = State.BOUNCED, status, reason
         r.attempts += 1
         r.diagnostic = _diagnostic(reply) if reply else f"x-send-sikkert; {reason}"
         metrics.child(metrics.recipients, r.cls or "plain", "bounced").inc()
         self._log("bounced", env, r, reply or Reply(550, status, reason), hop)
-        return Notice(address=r.address, orcpt=r.orcpt, action="failed", status=status,
-                      diagnostic=r.diagnostic, kind=kind, found_in=found_in)
+        owed.owe(r, kind)
 
     def _log(self, event: maillog.Outcome, env: Envelope, r: RecipientState, reply: Reply,
              hop: Result | None) -> None:
@@ -467,7 +453,7 @@ class Pipeline:
                             delay=delay, relay=hop.peer, tls_version=hop.tls_version,
                             tls_cipher=hop.tls_cipher, reply=str(reply))
 
-    def _age_checks(self, env: Envelope, notices: list[Notice]) -> None:
+    def _age_checks(self, env: Envelope) -> None:
         """Deferred too long: one delayed DSN at delay_warning, a failed DSN at max_age."""
         age = self.clock() - env.received
         queue = self.config.queue
@@ -478,45 +464,38 @@ class Pipeline:
                 status = r.status if r.status.startswith("4.") else "4.4.7"
                 reason = (f"could not be delivered in {queue.max_age:.0f} s; "
                           f"last error: {r.last_error}")
-                notices.append(self._bounce(env, r, "5" + status[1:], reason, "expired"))
+                self._bounce(env, r, "5" + status[1:], reason, "expired")
             elif age >= queue.delay_warning and not r.delay_warned:
                 r.delay_warned = True
-                notices.append(Notice(address=r.address, orcpt=r.orcpt, action="delayed",
-                                       status=r.status or "4.0.0",
-                                       diagnostic=f"x-send-sikkert; {r.last_error}",
-                                       kind="delayed",
-                                       will_retry_until=env.received + queue.max_age))
+                owed.owe(r, "delayed")
 
-    async def _report(self, env: Envelope, head: bytes, notices: Sequence[Notice]) -> None:
-        """Queue one DSN per kind of news for the recipients that asked (RFC 3461 NOTIFY)."""
-        by_address = {r.address: r for r in env.recipients}
-        for actions, wanted in ((("failed",), "FAILURE"), (("delayed",), "DELAY"),
-                                (("delivered", "relayed"), "SUCCESS")):
-            chosen = [n for n in notices
-                      if n.action in actions and by_address[n.address].wants(wanted)]
-            if not chosen:
-                continue
-            try:
-                dsn = await spool_dsn(self.spool, self.config, env, head, chosen)
-            except SpoolError as e:
-                log.error("%s: cannot queue the %s DSN: %s", env.id, chosen[0].action, e)
-                self._unreported(by_address, chosen)
-                continue
-            except Exception:  # a bounce nobody was told of must not end the message
-                log.exception("%s: cannot build the %s DSN", env.id, chosen[0].action)
-                self._unreported(by_address, chosen)
-                continue
-            if dsn is not None:
-                self.enqueue(dsn)
+    async def _report(self, env: Envelope, head: bytes) -> None:
+        """Tell the sender what it asked to hear (RFC 3461 NOTIFY), one DSN per kind of news.
 
-    def _unreported(self, by_address: dict[str, RecipientState],
-                    notices: Sequence[Notice]) -> None:
+        The outcomes go to disk first (bounce/owed.py): a crash before the DSN is spooled
+        leaves it owed, for the next start; never a bounce retried whose sender was told.
+        A message with no news (nearly all) is written once, by the scheduler, as ever.
+        """
+        if not owed.owes_dsn(env):
+            return
+        try:
+            await self.spool.update(env)
+        except Exception as e:  # never tell what is not on record
+            log.error("%s: cannot record the outcome its DSN tells of: %s", env.id, e)
+            self._unreported([r for r in env.recipients if r.dsn_owed])
+            return
+        dsns, unpaid = await owed.pay(self.spool, self.config, env, head)
+        for dsn in dsns:
+            self.enqueue(dsn)
+        self._unreported(unpaid)
+
+    def _unreported(self, untold: list[RecipientState]) -> None:
         """A failure the sender was not told of is not final: try it again later."""
-        for n in notices:
-            r = by_address[n.address]
-            if n.action == "failed":
+        for r in untold:
+            action, r.dsn_owed = owed.action_of(r.dsn_owed), ""
+            if action == "failed":
                 r.state, r.last_error = State.DEFERRED, "the bounce could not be queued"
-            elif n.action == "delayed":
+            elif action == "delayed":
                 r.delay_warned = False
 
 

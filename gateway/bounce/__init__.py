@@ -2,7 +2,8 @@
 
 `dsn` turns a list of Notices (failed, delayed, delivered, relayed) into the report's
 bytes (CONTRACT "Bounces (DSN)"); `report` spools it from the null sender back to the
-original sender.
+original sender; `owed` keeps the outcome on disk before its DSN is spooled, so a crash
+between the two never delivers what the sender was told failed.
 """
 
 from gateway.bounce.dsn import Action, Kind, Notice, build_dsn

@@ -1,7 +1,8 @@
 """What `send-sikkert queue` shows and does: listing, one message's details, deletion.
 
 Used by the daemon's queue endpoints and, when no daemon runs, by the commands directly
-on the spool; a deletion a crash cut short is settled by the daemon's next start.
+on the spool; a deletion a crash cut short is settled by the daemon's next start, as
+every DSN owed is (bounce/owed.py).
 """
 
 from __future__ import annotations
@@ -9,11 +10,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from gateway.bounce.dsn import Notice
-from gateway.bounce.report import spool_dsn
+from gateway.bounce.owed import owe, owes_dsn, settle
 from gateway.config import Config
 from gateway.model import Envelope, State
-from gateway.spool.store import Spool
+from gateway.spool.store import Spool, SpoolError
 
 DELETED = "x-send-sikkert; deleted from the queue by the postmaster"  # Diagnostic-Code
 
@@ -72,36 +72,22 @@ def describe(env: Envelope) -> str:
     return "\n".join(lines)
 
 
-async def delete(spool: Spool, config: Config, env: Envelope) -> Envelope | None:
+async def delete(spool: Spool, config: Config, env: Envelope) -> list[Envelope]:
     """Drop a message; its pending recipients are reported to the sender in a failed DSN.
 
-    The deletion is on disk before the DSN is spooled: a crash after that leaves a
-    finished message that still owes its DSN (`settle` at the next start), never one
-    delivered after its sender was told it was deleted. A crash after the DSN was
-    spooled may spool it again, which RFC 5321 6.1 prefers to losing it.
+    The deletion is on disk before the DSN is spooled (bounce/owed.py): a crash then
+    leaves a finished message that still owes its DSN, settled at the next start, never
+    one delivered after its sender was told it was deleted. Returns the DSN to deliver;
+    SpoolError when it could not be spooled (the next start spools it).
     """
-    pending = [r for r in env.recipients if not r.state.final]
-    for r in pending:
-        r.state, r.status, r.diagnostic = State.BOUNCED, "5.0.0", DELETED
-        r.dsn_owed = True
-    if pending:
+    for r in env.recipients:
+        if not r.state.final:
+            r.state, r.status, r.diagnostic = State.BOUNCED, "5.0.0", DELETED
+            owe(r, "deleted")
+    if owes_dsn(env):
         await spool.update(env)
-    return await settle(spool, config, env)
-
-
-def owes_dsn(env: Envelope) -> bool:
-    """Whether a message was deleted and its sender may not have been told yet."""
-    return any(r.dsn_owed for r in env.recipients)
-
-
-async def settle(spool: Spool, config: Config, env: Envelope) -> Envelope | None:
-    """Spool the DSN a deleted message owes its sender, then remove the message."""
-    failures = [Notice(address=r.address, orcpt=r.orcpt, action="failed", status=r.status,
-                       diagnostic=r.diagnostic, kind="deleted")
-                for r in env.recipients if r.dsn_owed]
-    dsn = None
-    if failures and any(r.wants("FAILURE") for r in env.recipients):
-        data = await spool.body(env.id)
-        dsn = await spool_dsn(spool, config, env, data, failures)
-    await spool.remove(env.id)
-    return dsn
+    dsns = await settle(spool, config, env)
+    if owes_dsn(env):
+        raise SpoolError(f"{env.id} is deleted, but the DSN saying so could not be queued; "
+                         "the daemon's next start queues it")
+    return dsns

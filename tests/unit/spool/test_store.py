@@ -198,12 +198,14 @@ async def test_from_outside_is_kept_and_old_records_load_without_it(tmp_path):
 
 async def test_dsn_owed_is_kept_and_old_records_load_without_it(tmp_path):
     spool, env = await spooled_one(tmp_path)
-    env.recipients[0].state, env.recipients[0].dsn_owed = State.BOUNCED, True
+    env.recipients[0].state, env.recipients[0].dsn_owed = State.BOUNCED, "rejected"
     await spool.update(env)
-    assert Spool(tmp_path).read(env.id).recipients[0].dsn_owed is True
+    assert Spool(tmp_path).read(env.id).recipients[0].dsn_owed == "rejected"
     old = env.to_json()
     del old["recipients"][0]["dsn_owed"]  # a record written before the field existed
-    assert Envelope.from_json(old).recipients[0].dsn_owed is False
+    assert Envelope.from_json(old).recipients[0].dsn_owed == ""
+    old["recipients"][0]["dsn_owed"] = True  # when only a deletion could owe a DSN
+    assert Envelope.from_json(old).recipients[0].dsn_owed == "deleted"
 
 
 async def test_a_scan_reports_what_it_cannot_read_and_only_load_all_quarantines(tmp_path):
