@@ -1,14 +1,15 @@
 """SIGKILL the daemon before each change to the disk that taking a finished message away,
-deleting a message from the queue, or handing messages to fewer or more workers, makes:
-a recipient delivered before is never delivered again, nothing answered 250 is lost,
-and a deleted message is never delivered once its sender may have been told so.
+deleting a message from the queue, bouncing a recipient, or handing messages to fewer or
+more workers, makes: a recipient delivered before is never delivered again, nothing
+answered 250 is lost, a deleted message is never delivered once its sender may have been
+told so, and a bounced recipient is either delivered or its sender told, never both.
 
 A random SIGKILL seldom falls between two system calls a microsecond apart, so strace
 watches the calls that change the message's files: once to find the steps, then once
 per step, freezing the daemon on entering that call (which then never runs) for a
 SIGKILL there; then the daemon is started again as it is, without strace. strace
-watches the worker (attached once it runs) for a removal or a deletion, and the
-supervisor from its start (not the workers it starts) for a rebalance.
+watches the worker (attached once it runs) for a removal, a deletion or a bounce, and
+the supervisor from its start (not the workers it starts) for a rebalance.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pathlib import Path
 from gateway.model import Envelope, RecipientState, State
 from gateway.spool.store import FREE_MAX, Spool, new_id
 from tests.support.daemon import Daemon, GatewayConfig, descendants
+from tests.support.sink import SmtpSink, on_a_thread
 
 CHANGES = "truncate,rename,renameat,renameat2,unlink,unlinkat"  # what changes a name or a file
 _CALL = re.compile(r"^(\d+)\s+(\w+)\((.*?)(?:\) += |\s*<unfinished)", re.M)
@@ -40,6 +42,7 @@ Judge = Callable[[GatewayConfig], tuple[str, bool]]  # -> what became of it, whe
 RETRY = "POST /api/queue/retry"
 DELETE = "DELETE /api/queue/{id}"
 DELETED = b"deleted from the queue by the postmaster"  # the DSN's Diagnostic-Code
+NO_SUCH_USER = "550 5.1.1 no such user here"  # the next hop's refusal of b, as a DSN quotes it
 
 
 def half_delivered(due: float) -> Envelope:
@@ -102,6 +105,35 @@ def deletion(config: GatewayConfig) -> tuple[str, list[Path]]:
     free = folder / f"{new_id()}.free"
     free.touch()
     return env.id, [*paths([folder], env.id), folder / f"{env.id}.json.tmp", free]
+
+
+class MendedHop(SmtpSink):
+    """A next hop that refuses each address in `refuse` once, then takes it: mended since,
+    it delivers any recipient tried again after it bounced."""
+
+    async def handle_RCPT(self, server, session, envelope, address, options) -> str:  # noqa: ANN001
+        reply = await super().handle_RCPT(server, session, envelope, address, options)
+        self.refuse.pop(address.lower(), None)
+        return reply
+
+
+def bounce(hop: MendedHop) -> Seed:
+    """A message to b and c of odense.example (the next hop `hop`) in worker 0's folder,
+    deferred once and due once retried; the hop then refuses b for good and takes c.
+    Beside it, as for `deletion`, the state's temporary file and one emptied file for
+    the DSN."""
+    def seed(config: GatewayConfig) -> tuple[str, list[Path]]:
+        hop.refuse, hop.messages[:] = {"b@odense.example": NO_SUCH_USER}, []
+        folder = config.spool / "w0"
+        env = Envelope(id=new_id(), sender="a@brondby.dk", received=time.time(), recipients=[
+            RecipientState(address, State.DEFERRED, attempts=1,
+                           next_attempt=time.time() + 3600, last_error="451 4.4.1 try later")
+            for address in ("b@odense.example", "c@odense.example")])
+        asyncio.run(spooled(folder, env))
+        free = folder / f"{new_id()}.free"
+        free.touch()
+        return env.id, [*paths([folder], env.id), folder / f"{env.id}.json.tmp", free]
+    return seed
 
 
 def flat_four(config: GatewayConfig) -> tuple[str, list[Path]]:
@@ -261,6 +293,20 @@ def deleted_or_queued(config: GatewayConfig) -> tuple[str, bool]:
             got["b@brondby.dk"] == 0 and (queued or deleted))
 
 
+def told_or_delivered(hop: SmtpSink) -> Judge:
+    """c is delivered; b is either delivered, its sender never told it failed, or never
+    delivered and its sender told (twice at worst: RFC 5321 6.1 prefers a duplicate)."""
+    def judge(config: GatewayConfig) -> tuple[str, bool]:
+        got = Counter(address for m in hop.messages for address in m.rcpt_tos)
+        told = sum(1 for path in config.outbox.glob("*.eml")
+                   if b"X-Envelope-To: a@brondby.dk\r\n" in (data := path.read_bytes())
+                   and NO_SUCH_USER.encode() in data)
+        b, c = got["b@odense.example"], got["c@odense.example"]
+        return (f"b delivered {b}x, c delivered {c}x, sender told b failed {told}x",
+                c >= 1 and ((b == 0 and told >= 1) or (b >= 1 and told == 0)))
+    return judge
+
+
 def crash_at_every_step(config: GatewayConfig, daemons: list[Daemon], seed: Seed,
                         workers: int, workers_after: int, ask: str | None,
                         judge: Judge = redelivered) -> list[str]:
@@ -340,3 +386,12 @@ def test_a_deletion_cut_short_is_delivered_only_if_the_sender_was_not_told(
     for line in crash_at_every_step(config, daemons, deletion, 1, 1, DELETE,
                                     deleted_or_queued):
         outcome(line)
+
+
+def test_a_bounce_cut_short_is_never_delivered_once_its_sender_may_be_told(
+        config: GatewayConfig, daemons, outcome):
+    with on_a_thread(MendedHop()) as hop:
+        config.transport = {"odense.example": hop.route}
+        for line in crash_at_every_step(config, daemons, bounce(hop), 1, 1, RETRY,
+                                        told_or_delivered(hop)):
+            outcome(line)

@@ -19,11 +19,13 @@ the RFC 3461 parameters (NOTIFY, ORCPT on RCPT; RET, ENVID on MAIL), keeping the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import email.message
 import email.policy
 import ssl
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -247,6 +249,25 @@ class SmtpSink:
 
 
 Hop = Callable[..., SmtpSink]  # SmtpSink with some of its options already chosen
+
+
+@contextlib.contextmanager
+def on_a_thread(sink: SmtpSink) -> Iterator[SmtpSink]:
+    """Run `sink` on an event loop of a thread of its own, for a test that blocks (on a
+    daemon it started, say): its `messages` may be read meanwhile, its replies changed."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="sink", daemon=True)
+    thread.start()
+    try:
+        asyncio.run_coroutine_threadsafe(sink.start(), loop).result(10)
+        try:
+            yield sink
+        finally:
+            asyncio.run_coroutine_threadsafe(sink.stop(), loop).result(10)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
 
 
 def server_tls(ca: trustme.CA, *names: str,
