@@ -34,6 +34,7 @@ _ONE_DSN_EACH: tuple[tuple[Action, ...], ...] = (("failed",), ("delayed",),
 
 
 def action_of(kind: str) -> Action:
+    """The DSN Action a kind of news is reported under (RFC 3464 2.3.3)."""
     return _ACTIONS.get(kind, "failed")
 
 
